@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("pipeline.data.ingest", "find DICOM/NIfTI/2D images, write manifest.csv and rejected.csv"),
     "slices": ("pipeline.data.slices", "extract normalised 2D slices from the ingested volumes"),
     "split": ("pipeline.data.split", "patient-level stratified train/val/test split"),
+    "export": ("pipeline.export", "export a trained network to ONNX and TorchScript, verified against torch"),
 }
 
 

@@ -1,0 +1,123 @@
+"""Load any ingested item as a float32 channel-first array through MONAI's readers, and validate it.
+
+One entry point per use: ingest calls :func:`load_files` on what it found; later stages call
+:func:`load_item` on a manifest row. Both return a float32 MONAI ``MetaTensor``, channel-first:
+(C, X, Y) for a 2D image or (C, X, Y, Z) for a volume, with ``.affine`` in RAS millimetres.
+Readers are passed to ``LoadImage`` explicitly, so a file that one reader rejects is never silently
+read by another.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor, NibabelReader, PILReader
+from monai.data.utils import affine_to_spacing
+from monai.transforms import LoadImage
+from PIL import Image
+
+from pipeline.data.dicom import load_series
+from pipeline.data.discovery import sniff_format
+from pipeline.data.manifest import ManifestRow, item_files
+
+# Creating a LoadImage registers every MONAI reader, whose GPU-only nvImageCodec variant logs and warns that
+# it is unavailable; that is irrelevant on the CPU path used here.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+
+IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff")
+FORMATS = ("dicom", "nifti", *IMAGE_FORMATS)
+
+
+class LoadError(ValueError):
+    """An item whose pixels cannot be used; the message says why in plain words."""
+
+
+def kind_of(image: MetaTensor) -> str:
+    """``volume`` for three spatial axes, ``image`` for two."""
+    return "volume" if image.ndim == 4 else "image"
+
+
+def spacing_of(image: MetaTensor) -> tuple[float, ...]:
+    """Millimetres per spatial axis, from the affine."""
+    return tuple(float(s) for s in affine_to_spacing(image.affine, r=image.ndim - 1))
+
+
+def _plain_mode(image: Image.Image) -> Image.Image:
+    """Palette, alpha, bilevel and CMYK images as L or RGB; 8/16-bit grey and RGB unchanged."""
+    conversions = {"P": "RGB", "PA": "RGB", "RGBA": "RGB", "LA": "L", "1": "L", "CMYK": "RGB", "YCbCr": "RGB"}
+    return image.convert(conversions[image.mode]) if image.mode in conversions else image
+
+
+@functools.lru_cache(maxsize=1)
+def _readers() -> tuple[LoadImage, NibabelReader, PILReader]:
+    """One channel-first MONAI loader with the NIfTI and 2D-image readers."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+        load = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+    return (
+        load,
+        NibabelReader(),
+        PILReader(converter=_plain_mode),
+    )
+
+
+def _load_nifti(path: Path) -> MetaTensor:
+    """A NIfTI as a volume (a 2D file becomes one slice); 4D and higher is refused with how to split it."""
+    load, nifti, _ = _readers()
+    image = load(str(path), reader=nifti)  # a 4th (time or vector) axis comes first as channels
+    spatial = tuple(image.shape[1:])
+    if image.shape[0] != 1 or len(spatial) > 3:
+        raise LoadError(f"4D volume {(*spatial, image.shape[0])}: split it into 3D files first "
+                        "(e.g. nibabel.funcs.four_to_three or fslsplit) and label each")
+    return image.reshape((1, *(*spatial, 1)[:3]))
+
+
+def _load_2d(path: Path) -> MetaTensor:
+    """PNG, JPEG, BMP or TIFF through MONAI's PILReader."""
+    load, _, pil = _readers()
+    return load(str(path), reader=pil)
+
+
+def _validate(image: MetaTensor, what: str) -> MetaTensor:
+    """LoadError for zero-size or non-finite data."""
+    if image.numel() == 0:
+        raise LoadError(f"zero-size {what} {tuple(image.shape)}")
+    bad = int((~torch.isfinite(image.as_tensor())).sum())
+    if bad:
+        raise LoadError(f"{what} holds {bad} NaN/Inf values")
+    return image
+
+
+def load_files(files: Sequence[str | os.PathLike], fmt: str) -> MetaTensor:
+    """Load one item made of ``files`` in format ``fmt`` (``FORMATS``); LoadError/DicomError say why not."""
+    paths = [Path(f) for f in files]
+    if fmt == "dicom":
+        array, affine = load_series(paths)
+        return _validate(MetaTensor(torch.from_numpy(array), affine=torch.from_numpy(affine)), "DICOM image")
+    if len(paths) != 1:
+        raise LoadError(f"a {fmt} item is one file, got {len(paths)}")
+    if fmt == "nifti":
+        return _validate(_load_nifti(paths[0]), "NIfTI volume")
+    if fmt in IMAGE_FORMATS:
+        return _validate(_load_2d(paths[0]), f"{fmt.upper()} image")
+    raise LoadError(f"unknown format '{fmt}' (expected one of {FORMATS})")
+
+
+def load_item(manifest_path: str | os.PathLike, row: ManifestRow) -> MetaTensor:
+    """Pixels of a manifest row: (C, X, Y, Z) for ``kind == "volume"``, (C, X, Y) for ``"image"``."""
+    return load_files(item_files(manifest_path, row), row.format)
+
+
+def load_mask(path: str | os.PathLike) -> MetaTensor:
+    """A mask file in any supported format (recognised by content) loaded like any item."""
+    fmt = sniff_format(Path(path))
+    if fmt is None:
+        raise LoadError("mask is not DICOM, NIfTI, PNG, JPEG, BMP or TIFF")
+    return load_files([path], fmt)
