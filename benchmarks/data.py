@@ -1,0 +1,176 @@
+"""Data-stage throughput and data-loader wait on the demo cohort.
+
+Prints:
+- ingest throughput (items/s) and slice extraction throughput (volumes/s, items/s, slices/s),
+  both timed in-process (interpreter start-up and imports excluded);
+- the share of each training step spent waiting on the DataLoader, with the cached training set
+  (``make_dataset``, the training augmentation) and the demo student network, over whole epochs.
+  Target: below 10 % of the step time.
+
+Usage (from the repository root, with the package installed or ``PYTHONPATH=.``):
+``python benchmarks/data.py [--workdir DIR] [--epochs 3] [--workers 2] [--batch-size 16] [--size 64]
+[--threads N] [--slice-workers 0] [--split CSV]``. Without --workdir a temporary folder is used and removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from monai.data import DataLoader, set_track_meta
+from monai.utils import set_determinism
+
+from pipeline.data import demo, ingest, slices, split
+from pipeline.data.datasets import loader_worker_init, make_dataset
+from pipeline.data.manifest import read_manifest
+from pipeline.data.slices import SliceSettings, extract_slices
+from pipeline.data.transforms import train_transforms
+from pipeline.networks import build_network
+
+CLASSES = ["glioma", "meningioma", "pituitary", "notumor"]
+
+
+def _timed(label: str, function, *args, **kwargs):
+    """Run ``function``; print and return its result, wall seconds and CPU seconds of this process."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function(*args, **kwargs)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"{label}: {wall:.1f} s wall, {cpu:.1f} s CPU (this process)")
+    return result, wall, cpu
+
+
+def prepare(workdir: Path, size: int, slice_workers: int) -> tuple[Path, dict]:
+    """Demo cohort -> manifest -> slices -> split; returns the split CSV and the throughput figures.
+
+    Figures per wall second and per CPU second of this process: the CPU figure does not depend on
+    what else the machine runs (it misses worker processes, so use it with --slice-workers 0).
+    """
+    if demo.main(["--output", str(workdir / "demo")]) != 0:
+        raise SystemExit("demo-data failed")
+    code, ingest_wall, ingest_cpu = _timed(
+        "ingest", ingest.main, ["--input", str(workdir / "demo"), "--output", str(workdir / "ingest")]
+    )
+    if code != 0:
+        raise SystemExit("ingest failed")
+    manifest = workdir / "ingest" / "manifest.csv"
+    rows = read_manifest(manifest)
+    summary, slices_wall, slices_cpu = _timed(
+        "slices",
+        extract_slices,
+        manifest,
+        workdir / "slices",
+        SliceSettings(size=size),
+        progress=False,
+        workers=slice_workers,
+    )
+    split.split_slices(workdir / "slices" / slices.SLICES_CSV, workdir / "split.csv", 0.15, 0.15, 0)
+    volumes, items = summary["volumes_used"], summary["volumes_used"] + summary["images_used"]
+    figures = {}
+    for clock, ingest_s, slices_s in (("wall", ingest_wall, slices_wall), ("CPU", ingest_cpu, slices_cpu)):
+        figures[f"ingest items/s ({clock})"] = len(rows) / ingest_s
+        figures[f"slices volumes/s ({clock})"] = volumes / slices_s
+        figures[f"slices items/s ({clock})"] = items / slices_s
+        figures[f"slices slices/s ({clock})"] = summary["slices"] / slices_s
+    print(
+        f"cohort: {len(rows)} manifest items ({sum(r.kind == 'volume' for r in rows)} volumes), "
+        f"{summary['slices']} slices, {summary['skipped']} skipped"
+    )
+    return workdir / "split.csv", figures
+
+
+def loader_wait(
+    split_csv: Path, epochs: int, workers: int, batch_size: int, size: int
+) -> list[tuple[float, float]]:
+    """(waiting seconds, step seconds) per epoch for the demo student on the cached training set."""
+    set_determinism(seed=0)
+    dataset = make_dataset(split_csv, "train", CLASSES, train_transforms(size, 1), num_workers=workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        worker_init_fn=loader_worker_init,
+        persistent_workers=workers > 0,
+    )
+    network = build_network("student", profile="demo", num_classes=len(CLASSES), image_size=size)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=1e-3)
+    loss_function = torch.nn.CrossEntropyLoss()
+    per_epoch = []
+    step_cpu, steps = 0.0, 0
+    for _ in range(epochs):
+        waiting = total = 0.0
+        iterator = iter(loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            loaded, cpu = time.perf_counter(), time.process_time()
+            optimiser.zero_grad()
+            loss = loss_function(network(batch["image"]), batch["label"])
+            loss.backward()
+            optimiser.step()
+            waiting += loaded - start
+            total += time.perf_counter() - start
+            step_cpu += time.process_time() - cpu
+            steps += 1
+        per_epoch.append((waiting, total))
+    print(f"training step: {1000 * step_cpu / steps:.0f} ms CPU per batch (main process, all its threads)")
+    return per_epoch
+
+
+def augmentation_cpu(split_csv: Path, batch_size: int, size: int) -> float:
+    """CPU milliseconds to produce one training batch from the cache (as a loader worker does)."""
+    dataset = make_dataset(split_csv, "train", CLASSES, train_transforms(size, 1))
+    set_track_meta(False)  # as loader_worker_init does in the workers
+    start = time.process_time()
+    for index in range(len(dataset)):
+        dataset[index]
+    set_track_meta(True)
+    return 1000 * (time.process_time() - start) * batch_size / len(dataset)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the data here (default: temporary)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs timed (default 3)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch size (default 16, as published)")
+    parser.add_argument("--size", type=int, default=64, help="slice and network input size (default 64)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--slice-workers", type=int, default=0, help="slice extraction processes (default 0)")
+    parser.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        help="time only the loader, on this existing split CSV (demo classes)",
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as temporary:
+        workdir = args.workdir or Path(temporary)
+        split_csv = args.split
+        if split_csv is None:
+            split_csv, figures = prepare(workdir, args.size, args.slice_workers)
+            for name, value in figures.items():
+                print(f"{name}: {value:.2f}")
+        augment = augmentation_cpu(split_csv, args.batch_size, args.size)
+        print(f"augmentation: {augment:.0f} ms CPU per batch in one worker")
+        for epoch, (waiting, total) in enumerate(
+            loader_wait(split_csv, args.epochs, args.workers, args.batch_size, args.size), 1
+        ):
+            print(
+                f"epoch {epoch}: step {total:.2f} s, waiting on the loader {waiting:.3f} s "
+                f"= {100 * waiting / total:.1f} % (target < 10 %)"
+            )
+
+
+if __name__ == "__main__":
+    main()
