@@ -1,0 +1,316 @@
+"""Export a trained network to ONNX (dynamic batch) and TorchScript, verified against PyTorch.
+
+`python -m pipeline export --checkpoint F --output DIR --role hdkd --profile demo` builds the network
+with ``pipeline.networks.build_network``, loads the weights strictly, writes ``DIR/<name>.onnx``,
+``DIR/<name>.ts`` and ``DIR/<name>.export.json`` (configuration, checks, size), and fails unless ONNX
+Runtime and the TorchScript module reproduce the eval-mode PyTorch logits within the tolerance.
+
+ONNX: the ``torch.export``-based exporter (``dynamo=True``, the default of recent PyTorch; the older
+TorchScript-based exporter is deprecated), input ``image`` [batch, C, H, W] with a dynamic batch axis,
+output ``logits`` [batch, classes], weights inside the one .onnx file. TorchScript: ``torch.jit.trace`` of
+the logits path (TorchScript is deprecated upstream but still what many serving tools load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from torch import nn
+
+from pipeline.distill.checkpoint import load_weights
+from pipeline.evaluate.complexity import count_parameters, forward_gflops
+from pipeline.networks import build_network
+
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+DEFAULT_OPSET = 18
+DEFAULT_ATOL = 1e-4
+
+
+def _eval_copy(network: nn.Module) -> nn.Module:
+    """An eval-mode CPU copy, so exporting never changes the caller's network (mode, device)."""
+    return copy.deepcopy(network).cpu().eval()
+
+
+def _example(batch: int, in_channels: int, image_size: int, seed: int = 0) -> torch.Tensor:
+    """Reproducible random images in [0, 1] (the range of the pipeline's slices)."""
+    generator = torch.Generator().manual_seed(seed + batch)
+    return torch.rand(batch, in_channels, image_size, image_size, generator=generator)
+
+
+def export_onnx(
+    network: nn.Module, path: str | Path, image_size: int, in_channels: int, opset: int = DEFAULT_OPSET
+) -> Path:
+    """Write ``network``'s eval-mode logits path to ``path`` as ONNX with a dynamic batch axis."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _eval_copy(network)
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (_example(2, in_channels, image_size),),
+            path,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def export_torchscript(network: nn.Module, path: str | Path, image_size: int, in_channels: int) -> Path:
+    """Trace ``network``'s eval-mode logits path and save it as TorchScript at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _eval_copy(network)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, _example(2, in_channels, image_size), check_trace=False)
+    torch.jit.save(traced, str(path))
+    return path
+
+
+def _max_difference(
+    network: nn.Module,
+    candidate: Callable[[np.ndarray], np.ndarray],
+    shape: tuple[int, int],
+    batch_sizes: Sequence[int],
+    atol: float,
+    label: str,
+) -> float:
+    """Largest |candidate - torch| logit difference over ``batch_sizes``; raise above ``atol``."""
+    model = _eval_copy(network)
+    in_channels, image_size = shape
+    worst = 0.0
+    for batch in batch_sizes:
+        x = _example(batch, in_channels, image_size, seed=1)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = np.asarray(candidate(x.numpy()))
+        if got.shape != expected.shape:
+            raise ValueError(
+                f"{label}: output shape {got.shape} at batch {batch}, torch gives {expected.shape}"
+            )
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if not worst <= atol:
+        raise ValueError(
+            f"{label}: max abs logit difference {worst:.3g} vs PyTorch exceeds {atol:g} "
+            f"(batch sizes {list(batch_sizes)}); the exported model does not reproduce the network"
+        )
+    return worst
+
+
+def verify_onnx(
+    network: nn.Module,
+    onnx_path: str | Path,
+    batch_sizes: Sequence[int] = (1, 3),
+    atol: float = DEFAULT_ATOL,
+) -> float:
+    """Max abs difference between ONNX Runtime (CPU) and eval-mode torch logits on random inputs of each
+    batch size (the channel count and image size are read from the ONNX input); ValueError above
+    ``atol``."""
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (model_input,) = session.get_inputs()
+    _, in_channels, height, width = model_input.shape
+    if not all(isinstance(d, int) for d in (in_channels, height, width)) or height != width:
+        raise ValueError(
+            f"{onnx_path}: expected input [batch, C, S, S] with fixed C and S, got {model_input.shape}"
+        )
+    return _max_difference(
+        network,
+        lambda x: session.run(None, {model_input.name: x})[0],
+        (in_channels, height),
+        batch_sizes,
+        atol,
+        f"ONNX model {onnx_path}",
+    )
+
+
+def verify_torchscript(
+    network: nn.Module,
+    torchscript_path: str | Path,
+    image_size: int,
+    in_channels: int,
+    batch_sizes: Sequence[int] = (1, 3),
+    atol: float = DEFAULT_ATOL,
+) -> float:
+    """Max abs difference between the loaded TorchScript module and eval-mode torch logits; ValueError
+    above ``atol``."""
+    scripted = torch.jit.load(str(torchscript_path), map_location="cpu").eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return scripted(torch.from_numpy(x)).numpy()
+
+    return _max_difference(
+        network, run, (in_channels, image_size), batch_sizes, atol, f"TorchScript model {torchscript_path}"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_network(
+    network: nn.Module,
+    output: str | Path,
+    name: str,
+    image_size: int,
+    in_channels: int,
+    opset: int = DEFAULT_OPSET,
+    batch_sizes: Sequence[int] = (1, 3),
+    atol: float = DEFAULT_ATOL,
+) -> dict[str, Any]:
+    """ONNX + TorchScript export of ``network`` into ``output`` as ``<name>.onnx`` / ``<name>.ts``, both
+    verified; returns the facts for ``<name>.export.json`` (files, hashes, max differences)."""
+    output = Path(output)
+    onnx_path = export_onnx(network, output / f"{name}.onnx", image_size, in_channels, opset)
+    torchscript_path = export_torchscript(network, output / f"{name}.ts", image_size, in_channels)
+    return {
+        "image_size": image_size,
+        "in_channels": in_channels,
+        "parameters": count_parameters(network),
+        "gflops": forward_gflops(network, image_size, in_channels),
+        "onnx": {
+            "file": onnx_path.name,
+            "sha256": _sha256(onnx_path),
+            "opset": opset,
+            "input": f"{INPUT_NAME} [batch, {in_channels}, {image_size}, {image_size}] float32",
+            "output": f"{OUTPUT_NAME} [batch, classes]",
+            "max_abs_diff": verify_onnx(network, onnx_path, batch_sizes, atol),
+        },
+        "torchscript": {
+            "file": torchscript_path.name,
+            "sha256": _sha256(torchscript_path),
+            "max_abs_diff": verify_torchscript(
+                network, torchscript_path, image_size, in_channels, batch_sizes, atol
+            ),
+        },
+        "verified_batch_sizes": list(batch_sizes),
+        "atol": atol,
+        "torch": torch.__version__,
+    }
+
+
+def _override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a JSON value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f'{text!r}: the value must be JSON (e.g. 4, 0.1, [16, 24, 32], "text"): {error}'
+        ) from error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m pipeline export` command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline export",
+        description="Export a trained HDKD network to ONNX (dynamic batch) and TorchScript and verify both "
+        "against PyTorch (max abs logit difference at the given batch sizes).",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="weights: a state_dict or a MONAI CheckpointSaver file (loaded strictly)",
+    )
+    parser.add_argument(
+        "--output", type=Path, required=True, help="folder for <name>.onnx, .ts, .export.json"
+    )
+    parser.add_argument(
+        "--role",
+        required=True,
+        choices=("teacher", "student", "hdkd"),
+        help="network role as in pipeline.networks.build_network",
+    )
+    parser.add_argument(
+        "--profile",
+        default="published",
+        choices=("published", "demo"),
+        help="network profile (default: published)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=JSON",
+        type=_override,
+        action="append",
+        default=[],
+        help="constructor override, repeatable (e.g. --set num_classes=7 "
+        "--set channels=[16,24,32]); must match the training configuration",
+    )
+    parser.add_argument("--name", help="file name stem (default: the role)")
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 3],
+        help="batch sizes of the verification (default: 1 3)",
+    )
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=DEFAULT_ATOL,
+        help=f"largest allowed max abs logit difference (default {DEFAULT_ATOL:g})",
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """CLI entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    overrides = dict(args.overrides)
+    name = args.name or args.role
+    try:
+        network = build_network(args.role, args.profile, **overrides)
+        load_weights(network, args.checkpoint)
+        facts = export_network(
+            network,
+            args.output,
+            name,
+            network.image_size,
+            network.in_channels,
+            args.opset,
+            args.batch_sizes,
+            args.atol,
+        )
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        print(f"export: error: {error}", file=sys.stderr)
+        return 2
+    record = {
+        "role": args.role,
+        "profile": args.profile,
+        "overrides": overrides,
+        "checkpoint_sha256": _sha256(args.checkpoint),
+        "num_classes": network.num_classes,
+        **facts,
+    }
+    (args.output / f"{name}.export.json").write_text(json.dumps(record, indent=2))
+    for kind in ("onnx", "torchscript"):
+        written = facts[kind]
+        print(f"wrote {args.output / written['file']} (max abs logit diff {written['max_abs_diff']:.2g})")
+    return 0

@@ -1,0 +1,82 @@
+"""ONNX / TorchScript export of a real (demo-profile) HDKD student through `python -m pipeline export`."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from pipeline.export import main, verify_onnx, verify_torchscript
+from pipeline.networks import build_network
+
+
+def test_cli_export_matches_torch_with_a_dynamic_batch(tmp_path):
+    # one test, because the ONNX export takes seconds and xdist would repeat a shared fixture per worker
+    torch.manual_seed(0)
+    network = build_network("hdkd", "demo", num_classes=3).eval()
+    torch.save({"network": network.state_dict(), "epoch": 3}, tmp_path / "checkpoint.pt")
+    argv = ["--checkpoint", str(tmp_path / "checkpoint.pt"), "--output", str(tmp_path / "out")]
+    argv += ["--role", "hdkd", "--profile", "demo", "--set", "num_classes=3", "--name", "student"]
+    assert main(argv) == 0
+    out = tmp_path / "out"
+
+    # ONNX: dynamic batch axis; ONNX Runtime reproduces torch at batch 1 and 3
+    model = onnx.load(str(out / "student.onnx"))
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value
+    session = onnxruntime.InferenceSession(str(out / "student.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.rand(batch, 1, 64, 64, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = network(x).numpy()
+        (got,) = session.run(["logits"], {"image": x.numpy()})
+        assert got.shape == (batch, 3)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+    # TorchScript round trip
+    loaded = torch.jit.load(str(out / "student.ts"))
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), network(x), atol=1e-5, rtol=0)
+    assert verify_torchscript(network, out / "student.ts", image_size=64, in_channels=1) <= 1e-4
+
+    # the export record
+    record = json.loads((out / "student.export.json").read_text())
+    assert (record["role"], record["profile"], record["overrides"]) == ("hdkd", "demo", {"num_classes": 3})
+    assert (record["num_classes"], record["image_size"], record["in_channels"]) == (3, 64, 1)
+    assert record["parameters"] == sum(p.numel() for p in network.parameters())
+    assert 0 <= record["onnx"]["max_abs_diff"] <= 1e-4 and 0 <= record["torchscript"]["max_abs_diff"] <= 1e-4
+    assert record["verified_batch_sizes"] == [1, 3] and len(record["onnx"]["sha256"]) == 64
+
+    # verification fails loudly for a network that the file does not reproduce
+    assert verify_onnx(network, out / "student.onnx", batch_sizes=(2,)) <= 1e-4
+    other = copy.deepcopy(network)
+    with torch.no_grad():
+        other.head_cls.bias.add_(0.01)  # the HDKD prediction averages two heads: logits move by 0.005
+    with pytest.raises(ValueError, match=r"max abs logit difference 0.005 vs PyTorch exceeds 0.0001"):
+        verify_onnx(other, out / "student.onnx")
+
+
+def test_cli_errors_name_the_file_and_the_problem(tmp_path, capsys):
+    teacher = build_network("teacher", "demo")
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    out = ["--output", str(tmp_path / "out"), "--profile", "demo"]
+    assert main(["--checkpoint", str(tmp_path / "teacher.pt"), "--role", "hdkd", *out]) == 2
+    error = capsys.readouterr().err
+    assert "teacher.pt" in error and "missing keys" in error
+    assert main(["--checkpoint", str(tmp_path / "absent.pt"), "--role", "teacher", *out]) == 2
+    assert "absent.pt" in capsys.readouterr().err
+    assert (
+        main(["--checkpoint", str(tmp_path / "teacher.pt"), "--role", "teacher", "--set", "depth=3", *out])
+        == 2
+    )
+    assert "depth" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "x.pt", "--output", "o", "--role", "hdkd", "--set", "channels=[16,24"])
+    assert "must be JSON" in capsys.readouterr().err
