@@ -15,6 +15,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-import torch  # noqa: E402  (imported after the thread settings on purpose)
+import torch  # imported after the thread settings on purpose
 
 torch.set_num_threads(1)
