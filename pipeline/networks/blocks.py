@@ -98,7 +98,6 @@ class InvertedBottleneck(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        attention: nn.Module,
         downsample: bool = False,
         expansion: int = 4,
         kernel_size: int = 3,
@@ -121,11 +120,16 @@ class InvertedBottleneck(nn.Module):
             nn.Conv2d(hidden, hidden, kernel_size, 1, kernel_size // 2, groups=hidden, bias=False),
             nn.BatchNorm2d(hidden),
             nn.GELU(),
-            attention,
+            self.make_attention(in_channels, hidden),
             nn.Conv2d(hidden, out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels),
         )
         self.drop_path = DropPath(drop_path)
+
+    @staticmethod
+    def make_attention(in_channels: int, hidden: int) -> nn.Module:
+        """The attention module between the depthwise conv and the projection; set by subclasses."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shortcut(x) + self.drop_path(self.branch(x))
@@ -134,30 +138,14 @@ class InvertedBottleneck(nn.Module):
 class MBConv(InvertedBottleneck):
     """Inverted bottleneck with squeeze-excitation (bottleneck of ``in_channels / 4``), the ablation block."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        downsample: bool = False,
-        expansion: int = 4,
-        kernel_size: int = 3,
-        drop_path: float = 0.0,
-    ) -> None:
-        attention = SqueezeExcitation(in_channels * expansion, max(1, in_channels // 4))
-        super().__init__(in_channels, out_channels, attention, downsample, expansion, kernel_size, drop_path)
+    @staticmethod
+    def make_attention(in_channels: int, hidden: int) -> nn.Module:
+        return SqueezeExcitation(hidden, max(1, in_channels // 4))
 
 
 class MBCSA(InvertedBottleneck):
     """Inverted bottleneck with CBAM (channel and spatial attention), the HDKD block."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        downsample: bool = False,
-        expansion: int = 4,
-        kernel_size: int = 3,
-        drop_path: float = 0.0,
-    ) -> None:
-        attention = CBAM(in_channels * expansion)
-        super().__init__(in_channels, out_channels, attention, downsample, expansion, kernel_size, drop_path)
+    @staticmethod
+    def make_attention(in_channels: int, hidden: int) -> nn.Module:
+        return CBAM(hidden)
