@@ -1,0 +1,48 @@
+"""Helpers the MONAI bundle configs in ``bundles/`` call: paths, pre-flight checks, resuming,
+distributed setup and trainer handlers."""
+
+from pipeline.bundle.distributed import (
+    init_distributed,
+    process_device,
+    rank,
+    shutdown_distributed,
+    world_size,
+)
+from pipeline.bundle.handlers import (
+    EpochCSVLogger,
+    EpochLossTerms,
+    EpochSeeding,
+    PeriodicReport,
+    best_model_tracker,
+    link_early_stopping,
+    logits_and_labels,
+)
+from pipeline.bundle.preflight import check_choice, check_split, class_list, flag, load_teacher, load_trained
+from pipeline.bundle.resume import prepare_models_dir
+from pipeline.bundle.workflow import check_overrides, executed_config
+from pipeline.tracking import repo_root
+
+__all__ = [
+    "EpochCSVLogger",
+    "EpochLossTerms",
+    "EpochSeeding",
+    "PeriodicReport",
+    "best_model_tracker",
+    "check_choice",
+    "check_overrides",
+    "check_split",
+    "class_list",
+    "executed_config",
+    "flag",
+    "init_distributed",
+    "link_early_stopping",
+    "load_teacher",
+    "load_trained",
+    "logits_and_labels",
+    "prepare_models_dir",
+    "process_device",
+    "rank",
+    "repo_root",
+    "shutdown_distributed",
+    "world_size",
+]

@@ -1,0 +1,178 @@
+"""Ignite handlers the bundle configs attach to the trainer: per-epoch seeding (so a resumed run
+repeats an uninterrupted one exactly), per-epoch means of each loss term plus the learning rate (picked
+up by StatsHandler and MLFlowHandler from ``engine.state.metrics``), and early-stopping wiring."""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from ignite.metrics import Average
+from monai.data.utils import set_rnd
+from monai.handlers import CheckpointSaver, EarlyStopHandler
+
+from pipeline.distill.trainer import loss_terms_transform
+
+TERMS = ("loss", "ce", "logit_kd", "feature_kd")
+
+
+class EpochSeeding:
+    """Reseed every source of randomness from (seed, epoch) at the start of each epoch.
+
+    The augmentation chain of ``dataset`` is reseeded at EPOCH_STARTED (before the epoch's first batch
+    is drawn); torch, numpy and ``random`` (dropout, drop-path) at the epoch's first ITERATION_STARTED,
+    after the data loader has drawn its own seed. Shuffling comes from a seeded DistributedSampler,
+    whose epoch MONAI sets. Epoch k is then the same whether or not the run was resumed before it.
+    """
+
+    def __init__(self, seed: int, dataset: Any) -> None:
+        self.seed = int(seed)
+        self.dataset = dataset
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._seed_augmentation)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._seed_globals)
+
+    def _epoch_seed(self, engine: Engine) -> int:
+        return self.seed + 1000 * engine.state.epoch
+
+    def _seed_augmentation(self, engine: Engine) -> None:
+        transform = getattr(self.dataset, "transform", None)
+        if transform is not None:
+            set_rnd(transform, self._epoch_seed(engine))
+
+    def _seed_globals(self, engine: Engine) -> None:
+        epoch_length = engine.state.epoch_length
+        if epoch_length and (engine.state.iteration - 1) % epoch_length != 0:
+            return
+        seed = self._epoch_seed(engine)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+
+def _term(name: str, output: Any) -> float:
+    return loss_terms_transform(output)[name]
+
+
+class EpochLossTerms:
+    """Epoch means of the total loss and each term (``train_loss``, ``train_ce``, ``train_logit_kd``,
+    ``train_feature_kd``, ignite ``Average`` metrics over the iterations, synced across DDP ranks) and
+    the learning rate the epoch ran with (``lr``), all in ``engine.state.metrics``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, terms: Sequence[str] = TERMS) -> None:
+        self.optimizer = optimizer
+        self.terms = tuple(terms)
+        self._lr = float("nan")
+
+    def attach(self, engine: Engine) -> None:
+        for term in self.terms:
+            Average(output_transform=partial(_term, term)).attach(engine, f"train_{term}")
+        engine.add_event_handler(Events.EPOCH_STARTED, self._remember_lr)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish_lr)
+
+    def _remember_lr(self, engine: Engine) -> None:
+        self._lr = float(self.optimizer.param_groups[0]["lr"])
+
+    def _publish_lr(self, engine: Engine) -> None:
+        engine.state.metrics["lr"] = self._lr
+
+
+class EpochCSVLogger:
+    """One row per epoch in ``path`` (CSV): epoch, the trainer's metrics (loss terms, lr) and the scalar
+    metrics of ``evaluator``'s last run (validation), for DVC training-curve plots. Rows of epochs at or
+    after the current one (left by an interrupted run being resumed) are replaced."""
+
+    def __init__(self, path: str | Path, evaluator: Engine) -> None:
+        self.path = Path(path)
+        self.evaluator = evaluator
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    @staticmethod
+    def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+        return {
+            key: float(value)
+            for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        }
+
+    def __call__(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        row = {
+            "epoch": epoch,
+            **self._scalars(engine.state.metrics),
+            **self._scalars(self.evaluator.state.metrics),
+        }
+        rows: list[dict[str, Any]] = []
+        if self.path.is_file():
+            with self.path.open(newline="") as handle:
+                rows = [old for old in csv.DictReader(handle) if int(old["epoch"]) < epoch]
+        rows.append(row)
+        columns = list(dict.fromkeys(key for item in rows for key in item))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class PeriodicReport:
+    """Attach a ClassificationReportHandler-like ``report`` (``reset`` / ``iteration_completed`` /
+    ``epoch_completed``) to a validator so that it only collects and writes on every ``interval``-th
+    validation epoch and on the last one (``max_epochs``): the full report with its figures costs
+    seconds, the ignite metrics of every epoch do not."""
+
+    def __init__(self, report: Any, interval: int, max_epochs: int) -> None:
+        if interval < 1:
+            raise ValueError(f"--val_report_interval must be >= 1, got {interval}")
+        self.report = report
+        self.interval = int(interval)
+        self.max_epochs = int(max_epochs)
+
+    def due(self, engine: Engine, _: Any = None) -> bool:
+        """Whether this validation epoch (the trainer's epoch) gets a report."""
+        epoch = engine.state.epoch
+        return epoch % self.interval == 0 or epoch >= self.max_epochs
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.report.reset)
+        engine.add_event_handler(
+            Events.ITERATION_COMPLETED(event_filter=self.due), self.report.iteration_completed
+        )
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self.due), self.report.epoch_completed)
+
+
+def logits_and_labels(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [B, K], class indices [B]) from an evaluator's output (``decollate=False``) for ignite
+    metrics such as Accuracy, Recall and Loss."""
+    return output["pred"].float(), output["label"].reshape(-1).long()
+
+
+def best_model_tracker(saver: CheckpointSaver | None) -> Checkpoint | None:
+    """The ignite ``Checkpoint`` inside a MONAI ``CheckpointSaver(save_key_metric=True)`` that remembers the
+    best score so far (None for a disabled saver, e.g. on DDP ranks > 0). Saved in, and restored from, the
+    per-epoch training checkpoint, so that a resumed run only replaces ``model.pt`` with a better model,
+    as the uninterrupted run would."""
+    if saver is None:
+        return None
+    tracker = saver._key_metric_checkpoint
+    if tracker is None:
+        raise ValueError("the CheckpointSaver does not save by key metric (save_key_metric=False)")
+    return tracker
+
+
+def link_early_stopping(handler: EarlyStopHandler | None, trainer: Engine) -> None:
+    """Give the (evaluator-attached) early-stopping handler the trainer it stops; no-op when disabled."""
+    if handler is not None:
+        handler.set_trainer(trainer)

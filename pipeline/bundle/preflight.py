@@ -1,0 +1,111 @@
+"""Checks the bundle configs run before any data is cached or any training starts, each failing with
+an error that names the file or key and what to do about it."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pipeline.data.datasets import load_split
+from pipeline.distill import load_weights
+
+TRUE_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+TEACHER_HOWTO = (
+    "train the teacher first: `python -m monai.bundle run --config_file bundles/hdkd_teacher/configs/"
+    "train.json` with the same --profile / class settings (or `dvc repro train_teacher`), or point "
+    "--teacher_ckpt at its model.pt"
+)
+
+
+def check_choice(key: str, value: Any, choices: Collection[str]) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError naming the key and the choices."""
+    if value not in choices:
+        raise ValueError(f"--{key} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def class_list(class_names: Sequence[str] | str) -> list[str]:
+    """The class names from a list or a comma-separated string (what DVC can pass); at least two,
+    distinct and non-empty."""
+    names = (
+        [name.strip() for name in class_names.split(",")]
+        if isinstance(class_names, str)
+        else list(class_names)
+    )
+    if len(names) < 2 or len(set(names)) != len(names) or not all(names):
+        raise ValueError(f"--class_names must be at least two distinct, non-empty names, got {class_names!r}")
+    return names
+
+
+def flag(key: str, value: Any) -> bool:
+    """A boolean config value; accepts true/false/yes/no/1/0 strings (the command line gives
+    ``--resume false`` as a string)."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word not in TRUE_WORDS:
+        raise ValueError(f"--{key} must be true or false, got {value!r}")
+    return TRUE_WORDS[word]
+
+
+def check_split(
+    split_file: str | Path, class_names: Sequence[str], splits: Sequence[str], min_items: int = 1
+) -> dict[str, int]:
+    """Load each of ``splits`` from ``split_file`` (the data layer's errors name the file for a missing
+    file, an unknown split, an empty split or an unknown label), check that every image exists and that
+    the first split has at least ``min_items`` images (a full training batch). Returns the sizes."""
+    path = Path(split_file)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"split file {path} does not exist: produce it with `dvc repro split` (or `python -m pipeline "
+            "split ...`), or pass --split_file PATH / --dataset_dir DIR"
+        )
+    sizes = {}
+    for split in splits:
+        items = load_split(path, split, list(class_names))
+        missing = [item["image"] for item in items if not Path(item["image"]).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} image(s) of the '{split}' split listed in {path} do not exist, e.g. "
+                f"{missing[0]}; re-run `dvc repro slices split` or fix the CSV"
+            )
+        sizes[split] = len(items)
+    first = splits[0]
+    if sizes[first] < min_items:
+        raise ValueError(
+            f"the '{first}' split of {path} has {sizes[first]} images, fewer than one batch "
+            f"({min_items}); lower --batch_size or add data"
+        )
+    return sizes
+
+
+def load_teacher(teacher: nn.Module, checkpoint: str | Path) -> nn.Module:
+    """``teacher`` with the weights of ``checkpoint`` loaded strictly; a missing file or a checkpoint of
+    another architecture / class count is an error saying how to produce the right one."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher weights {path} not found: {TEACHER_HOWTO}")
+    try:
+        return load_weights(teacher, path)
+    except ValueError as error:
+        raise ValueError(
+            f"teacher weights {path} do not fit the teacher this config builds "
+            f"({teacher.num_classes} classes, {teacher.in_channels} channels, {teacher.image_size} px): "
+            f"{error}. Was it trained with another --profile or class list? {TEACHER_HOWTO}"
+        ) from error
+
+
+def load_trained(network: nn.Module, checkpoint: str | Path, bundle_name: str) -> nn.Module:
+    """``network`` with the bundle's trained weights loaded strictly; a missing file is an error saying
+    how to train them (same overrides as for evaluation) or where to point ``--ckpt_path``."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"trained weights {path} not found: train them first with `python -m monai.bundle run "
+            f"--config_file bundles/{bundle_name}/configs/train.json` (same --profile / --variant / "
+            "--models_dir overrides), or pass --ckpt_path PATH"
+        )
+    return load_weights(network, path)

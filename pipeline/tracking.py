@@ -1,0 +1,219 @@
+"""MLflow wiring: one SQLite store, explicitly named runs, nesting under the pipeline's parent run.
+
+Every bundle run logs through MONAI's ``MLFlowHandler``; this module only prepares what the handler
+cannot: the store (created once, under a file lock), the run itself (named, tagged with its parent,
+its hyper-parameters and the executed config logged up front) and the handler bound to that run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from filelock import FileLock
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from monai.handlers import MLFlowHandler
+from monai.utils import path_to_uri
+
+PARENT_RUN_ENV = "HDKD_MLFLOW_PARENT_RUN_ID"
+PARENT_TAG = "mlflow.parentRunId"
+SQLITE_PREFIX = "sqlite:///"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+
+
+def repo_root() -> Path:
+    """The repository root: the folder holding the ``pipeline`` package."""
+    return Path(__file__).resolve().parents[1]
+
+
+def default_tracking_uri() -> str:
+    """``sqlite:///<repo root>/mlflow.db``."""
+    return SQLITE_PREFIX + str(repo_root() / "mlflow.db")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len(SQLITE_PREFIX) :]) if uri.startswith(SQLITE_PREFIX) else None
+
+
+def configure_mlflow(tracking_uri: str | None = None) -> str:
+    """Turn MLflow telemetry off, pick the tracking URI (argument, else env ``MLFLOW_TRACKING_URI``,
+    else ``sqlite:///<repo root>/mlflow.db``), make it the process-wide URI and, for a SQLite store that
+    does not exist yet, create it exactly once under a file lock. Returns the URI."""
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if uri.startswith("file:") or "://" not in uri:
+        raise ValueError(
+            f"MLflow tracking URI {uri!r} is a plain path; MLflow 3 needs a database URI such as "
+            f"'sqlite:///{Path(uri.removeprefix('file://')).resolve()}/mlflow.db'"
+        )
+    # MONAI's MLFlowHandler gives the environment variable priority: keep the two in agreement.
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    database = _sqlite_path(uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(database) + ".lock"):
+            if not database.exists() or database.stat().st_size == 0:
+                MlflowClient(uri).search_experiments()  # creates the schema
+    return uri
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: ``mlartifacts/`` next to a SQLite store."""
+    database = _sqlite_path(uri)
+    return None if database is None else path_to_uri(database.parent / "mlartifacts")
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created (artifacts next to the store) when missing; tolerates
+    another process creating it at the same moment."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri))
+        except mlflow.exceptions.MlflowException:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise ValueError(
+            f"MLflow experiment '{name}' is deleted; restore it (mlflow experiments restore) or pick "
+            "another experiment_name"
+        )
+    return experiment.experiment_id
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings flattened to ``a.b`` keys, values as strings cut to MLflow's length limit."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def parent_run_id(client: MlflowClient) -> str | None:
+    """The pipeline's parent run from env ``HDKD_MLFLOW_PARENT_RUN_ID`` (checked to exist), or None."""
+    run_id = os.environ.get(PARENT_RUN_ENV, "").strip()
+    if not run_id:
+        return None
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise ValueError(
+            f"{PARENT_RUN_ENV}={run_id} is not a run in the MLflow store {client.tracking_uri}; unset it or "
+            "point MLFLOW_TRACKING_URI at the store that holds it"
+        ) from error
+    return run_id
+
+
+def start_run(
+    run_name: str,
+    experiment_name: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    artifacts: Mapping[str, Any] | None = None,
+    tracking_uri: str | None = None,
+    run_id_file: str | Path | None = None,
+    resume: bool = False,
+) -> str:
+    """Create the MLflow run ``run_name`` in ``experiment_name`` and return its id.
+
+    The run is a child of ``HDKD_MLFLOW_PARENT_RUN_ID`` when that is set; ``params`` are flattened and
+    logged; ``artifacts`` maps a file name to JSON-ready content logged as a JSON artifact (e.g. the
+    executed config). With ``run_id_file`` the id is written there; with ``resume`` as well, the run
+    recorded in that file is continued (a training run resumed from its checkpoint keeps one run).
+    """
+    client = MlflowClient(configure_mlflow(tracking_uri))
+    run_id = _resumable_run(client, run_id_file) if resume and run_id_file else None
+    if run_id is None:
+        all_tags = dict(tags or {})
+        parent = parent_run_id(client)
+        if parent:
+            all_tags[PARENT_TAG] = parent
+        experiment_id = get_or_create_experiment(client, experiment_name)
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+        if params:
+            for key, value in flatten_params(params).items():
+                client.log_param(run_id, key, value)
+    else:
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    for name, content in (artifacts or {}).items():
+        client.log_text(run_id, json.dumps(content, indent=2, default=str), name)
+    if run_id_file:
+        Path(run_id_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(run_id_file).write_text(run_id + "\n")
+    return run_id
+
+
+def _resumable_run(client: MlflowClient, run_id_file: str | Path) -> str | None:
+    """The run id recorded in ``run_id_file`` when that run still exists in the store."""
+    path = Path(run_id_file)
+    if not path.is_file():
+        return None
+    run_id = path.read_text().strip()
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return run_id
+
+
+def activate_run(run_id: str) -> str:
+    """Make ``run_id`` the active MLflow run of this process (handlers that log to ``mlflow.active_run()``,
+    such as the evaluation report, then log to it); returns the id."""
+    mlflow.start_run(run_id=run_id)
+    return run_id
+
+
+def end_run() -> None:
+    """Finish the active MLflow run, if any."""
+    if mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+class RunMLFlowHandler(MLFlowHandler):
+    """MONAI's ``MLFlowHandler`` bound to one run created by :func:`start_run`.
+
+    The stock handler picks "the latest unfinished run of that name", which after an interrupted run is
+    the wrong one; binding by id removes the guess. An exception in the engine marks the run FAILED.
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str | None = None, **kwargs: Any) -> None:
+        uri = configure_mlflow(tracking_uri)
+        super().__init__(tracking_uri=uri, **kwargs)
+        self.cur_run = self.client.get_run(run_id)
+        self.experiment = self.client.get_experiment(self.cur_run.info.experiment_id)
+        self.experiment_name = self.experiment.name
+
+    def complete(self) -> None:
+        """Log ``artifacts`` at COMPLETED: a file at the top level, a folder as a folder of that name (the
+        stock handler flattens folders, so a ``validation/`` report would mix with other files)."""
+        if self.cur_run is None:
+            return
+        for path in map(Path, (p for p in self.artifacts if p)):
+            if path.is_dir():
+                self.client.log_artifacts(self.cur_run.info.run_id, str(path), artifact_path=path.name)
+            elif path.is_file():
+                self.client.log_artifact(self.cur_run.info.run_id, str(path))
+
+    def attach(self, engine: Any) -> None:
+        """Attach MONAI's handlers plus one that marks the run FAILED on an engine exception."""
+        from ignite.engine import Events
+
+        super().attach(engine)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+
+    def _failed(self, engine: Any, error: BaseException) -> None:
+        if self.cur_run is not None:
+            self.client.set_terminated(self.cur_run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise error

@@ -1,0 +1,229 @@
+"""The teacher and student bundles end to end through the real ``python -m monai.bundle`` CLI: train the
+teacher, distil it into the HDKD student, train the no-distillation baseline, evaluate, infer; check the
+weights, the metrics JSON and the MLflow runs with their loss terms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from bundle_testing import CLASSES, FAST, STUDENT, TEACHER, bundle_env, make_split, run_bundle
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from pipeline.distill import load_weights
+from pipeline.networks import build_network
+from pipeline.tracking import PARENT_TAG, start_run
+
+EPOCHS = 2
+
+
+def _train_all(root: Path) -> dict:
+    """Teacher, HDKD student and baseline trained for two epochs, the HDKD student evaluated, all under
+    one MLflow parent run in a private SQLite store."""
+    split = make_split(root / "data")
+    store = root / "mlflow.db"
+    parent = start_run("pipeline", "hdkd", tracking_uri=f"sqlite:///{store}")
+    mlflow.set_tracking_uri(None)
+    env = bundle_env(store, HDKD_MLFLOW_PARENT_RUN_ID=parent)
+    common = (*FAST, "--split_file", str(split), "--epochs", str(EPOCHS))
+    models = {name: root / name for name in ("teacher", "hdkd", "baseline")}
+    run_bundle(f"{TEACHER}/train.json", *common, "--models_dir", str(models["teacher"]), env=env)
+    teacher_ckpt = str(models["teacher"] / "model.pt")
+    run_bundle(
+        f"{STUDENT}/train.json",
+        *common,
+        "--models_dir",
+        str(models["hdkd"]),
+        "--teacher_ckpt",
+        teacher_ckpt,
+        env=env,
+    )
+    run_bundle(
+        f"{STUDENT}/train.json",
+        *common,
+        "--variant",
+        "baseline",
+        "--models_dir",
+        str(models["baseline"]),
+        env=env,
+    )
+    run_bundle(
+        f"{STUDENT}/evaluate.json",
+        "--profile",
+        "demo",
+        "--split_file",
+        str(split),
+        "--models_dir",
+        str(models["hdkd"]),
+        "--output_dir",
+        str(root / "eval"),
+        "--n_bootstrap",
+        "20",
+        env=env,
+    )
+    return {
+        "root": root,
+        "split": split,
+        "store": f"sqlite:///{store}",
+        "parent": parent,
+        "models": models,
+        "env": env,
+    }
+
+
+def _check_training_outputs(trained: dict, name: str, role: str) -> None:
+    """Best weights of the right architecture, the resume checkpoint, the per-epoch log, the report."""
+    models = trained["models"][name]
+    load_weights(build_network(role, "demo"), models / "model.pt")  # strict: right architecture
+    assert (models / f"checkpoint_epoch={EPOCHS}.pt").is_file()
+    log = pd.read_csv(models / "training_log.csv")
+    assert list(log["epoch"]) == list(range(1, EPOCHS + 1))
+    for column in (
+        "train_loss",
+        "train_ce",
+        "train_logit_kd",
+        "train_feature_kd",
+        "lr",
+        "val_balanced_accuracy",
+    ):
+        assert log[column].notna().all(), column
+    assert (models / "validation" / "confusion_matrix.png").is_file()
+
+
+def _runs(trained: dict) -> dict[str, mlflow.entities.Run]:
+    client = MlflowClient(trained["store"])
+    experiment = client.get_experiment_by_name("hdkd")
+    return {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+
+
+def _check_mlflow(trained: dict) -> None:
+    """The four runs side by side under the parent run, with params, each loss term per epoch, artifacts."""
+    client = MlflowClient(trained["store"])
+    runs = _runs(trained)
+    assert {"teacher", "hdkd", "student_baseline", "evaluation_hdkd"} <= runs.keys()
+
+    def history(run: str, key: str) -> list[float]:
+        return [
+            m.value
+            for m in sorted(client.get_metric_history(runs[run].info.run_id, key), key=lambda m: m.step)
+        ]
+
+    for name in ("teacher", "hdkd", "student_baseline"):
+        run = runs[name]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[PARENT_TAG] == trained["parent"]
+        for key in (
+            "train_loss",
+            "train_ce",
+            "train_logit_kd",
+            "train_feature_kd",
+            "lr",
+            "val_balanced_accuracy",
+        ):
+            assert len(history(name, key)) == EPOCHS, (name, key)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "config.json" in artifacts
+        assert "confusion_matrix.png" in {
+            a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, "validation")
+        }
+    assert min(history("hdkd", "train_feature_kd")) > 0 and min(history("hdkd", "train_logit_kd")) > 0
+    assert history("student_baseline", "train_feature_kd") == [0.0] * EPOCHS
+    assert history("student_baseline", "train_logit_kd") == [0.0] * EPOCHS
+    hdkd = runs["hdkd"].data.params
+    assert (hdkd["alpha"], hdkd["tau"], hdkd["feature_weight"], hdkd["kd_type"]) == (
+        "0.5",
+        "1.0",
+        "10.0",
+        "soft",
+    )
+    assert hdkd["optimizer"] == "AdamW" and runs["teacher"].data.params["optimizer"] == "Adam"
+    config_file = client.download_artifacts(runs["hdkd"].info.run_id, "config.json", str(trained["root"]))
+    config = json.loads(Path(config_file).read_text())
+    assert config["epochs"] == EPOCHS and config["profile"] == "demo"
+    evaluation = runs["evaluation_hdkd"]
+    assert evaluation.info.status == "FINISHED"
+    assert evaluation.data.tags[PARENT_TAG] == trained["parent"]
+    assert 0.0 <= evaluation.data.metrics["test_balanced_accuracy"] <= 1.0
+    assert "confusion_matrix.png" in {
+        a.path.split("/")[-1] for a in client.list_artifacts(evaluation.info.run_id, "evaluation")
+    }
+
+
+def _check_metrics_json(trained: dict) -> None:
+    report = json.loads((trained["root"] / "eval" / "metrics.json").read_text())
+    assert report["model"] == "hdkd"
+    assert report["n"] == 2 * len(CLASSES)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert set(report["per_class"]) == set(CLASSES)
+    assert {"sensitivity", "specificity", "auc"} <= report["per_class"]["glioma"].keys()
+    assert np.asarray(report["confusion_matrix"]).shape == (len(CLASSES), len(CLASSES))
+    assert (trained["root"] / "eval" / "confusion_matrix.png").is_file()
+
+
+def _check_inference(trained: dict) -> None:
+    """inference.json on a folder with a NIfTI volume, a PNG and a text file."""
+    folder = trained["root"] / "new_cases"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    volume = rng.random((40, 40, 10)).astype(np.float32) * 50
+    volume[8:30, 8:30, :] += 200
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(folder / "case.nii.gz"))
+    Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(folder / "photo.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = trained["root"] / "inference"
+    run_bundle(
+        f"{STUDENT}/inference.json",
+        "--profile",
+        "demo",
+        "--models_dir",
+        str(trained["models"]["hdkd"]),
+        "--input",
+        str(folder),
+        "--output_dir",
+        str(out),
+        "--gradcam",
+        "true",
+        env=trained["env"],
+    )
+    result = json.loads((out / "predictions.json").read_text())
+    by_name = {item["input"]: item for item in result["inputs"]}
+    assert by_name.keys() == {"case.nii.gz", "photo.png"}
+    assert by_name["case.nii.gz"]["kind"] == "volume" and len(by_name["case.nii.gz"]["slices"]) > 1
+    for item in by_name.values():
+        assert sum(item["mean_probs"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert item["predicted"] in CLASSES
+    rows = pd.read_csv(out / "predictions.csv")
+    assert len(rows) == len(by_name["case.nii.gz"]["slices"]) + 1
+    volume_rows = rows[rows["input"] == "case.nii.gz"][[f"prob_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(
+        volume_rows.mean(0), list(by_name["case.nii.gz"]["mean_probs"].values()), atol=1e-5
+    )
+    assert [r["input"] for r in result["rejected"]] == ["notes.txt"]
+    assert len(list((out / "gradcam").glob("*.png"))) == len(rows)
+
+
+def _check_baseline_has_no_distillation_token(trained: dict) -> None:
+    weights = torch.load(trained["models"]["baseline"] / "model.pt", weights_only=True)
+    hdkd = torch.load(trained["models"]["hdkd"] / "model.pt", weights_only=True)
+    assert not any("distill" in key for key in weights)
+    assert any("distill" in key for key in hdkd)
+
+
+@pytest.mark.slow
+def test_teacher_hdkd_and_baseline_train_evaluate_and_infer(tmp_path: Path) -> None:
+    """One test (the training is shared by every check and must not be repeated on each xdist worker)."""
+    trained = _train_all(tmp_path)
+    for name, role in (("teacher", "teacher"), ("hdkd", "hdkd"), ("baseline", "student")):
+        _check_training_outputs(trained, name, role)
+    _check_mlflow(trained)
+    _check_metrics_json(trained)
+    _check_baseline_has_no_distillation_token(trained)
+    _check_inference(trained)
