@@ -1,0 +1,124 @@
+"""`python -m pipeline.stages <command>`: exec (the stage launcher), report, efficiency."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.params import PARAMS_FILE, split_names
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from pipeline.stages.launcher import check_stage, launch
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        params = check_stage(args.params, args.raw_dir, args.labels)
+    except ValueError as err:
+        print(f"python -m pipeline.stages exec: error: {err}", file=sys.stderr)
+        return 2
+    # errors of the command itself keep their traceback
+    return launch(command, params, args.mlflow, args.experiment)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline.stages.report import write_report
+
+    metrics = write_report(
+        split_names(args.models),
+        args.eval_dir,
+        args.models_dir,
+        args.metrics_dir,
+        args.plots_dir,
+        args.profile,
+        args.image_size,
+        args.in_channels,
+        split_names(args.class_names),
+        args.latency_runs,
+    )
+    for model, values in metrics.items():
+        ci = values["ci95"]["balanced_accuracy"]
+        print(
+            f"{model:>8}: balanced accuracy {values['balanced_accuracy']:.3f} "
+            f"[{ci['low']:.3f}, {ci['high']:.3f}], macro-F1 {values['macro_f1']:.3f}, "
+            f"{values['parameters'] / 1e6:.3f} M params, {values['gflops']:.4f} GFLOPs, "
+            f"{values['cpu_latency_ms']:.2f} ms"
+        )
+    return 0
+
+
+def _efficiency(args: argparse.Namespace) -> int:
+    from pipeline.stages.efficiency import write_efficiency
+
+    table = write_efficiency(args.eval_dir, args.output)
+    print(table.to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of the stage entry points."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.stages", description=__doc__)
+    commands = parser.add_subparsers(dest="name", required=True)
+
+    run = commands.add_parser(
+        "exec",
+        help="check params.yaml, then run a stage's command (under the MLflow parent run)",
+        description="Check every key of params.yaml (and the data checks asked for), then run COMMAND; "
+        "with --mlflow, COMMAND's MLflow runs are children of this pipeline execution's parent run.",
+    )
+    run.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
+    run.add_argument("--raw-dir", action="store_true", help="check that data.raw_dir exists")
+    run.add_argument("--labels", type=Path, help="CSV whose 'label' column must match data.class_names")
+    run.add_argument("--mlflow", action="store_true", help="run COMMAND under the execution's MLflow parent")
+    run.add_argument("--experiment", default="hdkd", help="MLflow experiment (default %(default)s)")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the stage's command")
+    run.set_defaults(handler=_exec)
+
+    report = commands.add_parser(
+        "report",
+        help="per-model DVC metrics, comparison and training-curve plots",
+        description="Write METRICS_DIR/<model>.json (test metrics with CIs, parameters, GFLOPs, CPU "
+        "latency), PLOTS_DIR/comparison.png and training_curves.png (+ CSV), and log them to the MLflow "
+        "parent run.",
+    )
+    report.add_argument(
+        "--models", default="teacher,baseline,hdkd", help="comma-separated (default %(default)s)"
+    )
+    report.add_argument("--eval-dir", type=Path, required=True, help="holds <model>/metrics.json")
+    report.add_argument("--models-dir", type=Path, required=True, help="holds <model>/training_log.csv")
+    report.add_argument("--metrics-dir", type=Path, required=True, help="where <model>.json goes")
+    report.add_argument("--plots-dir", type=Path, required=True, help="where the plots go")
+    report.add_argument("--profile", required=True, help="network profile (demo or published)")
+    report.add_argument("--image-size", type=int, required=True)
+    report.add_argument("--in-channels", type=int, required=True)
+    report.add_argument("--class-names", required=True, help="comma-separated class names")
+    report.add_argument("--latency-runs", type=int, default=20, help="timed CPU passes (default %(default)s)")
+    report.set_defaults(handler=_report)
+
+    efficiency = commands.add_parser(
+        "efficiency",
+        help="data-efficiency table and plot (baseline vs HDKD per training fraction)",
+        description="Collect EVAL_DIR/<variant>_f<fraction>_s<seed>/metrics.json into OUTPUT/efficiency.csv, "
+        "efficiency.json (mean and spread over seeds) and efficiency.png.",
+    )
+    efficiency.add_argument("--eval-dir", type=Path, required=True)
+    efficiency.add_argument("--output", type=Path, required=True)
+    efficiency.set_defaults(handler=_efficiency)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; exit code 2 for bad params or input."""
+    args = build_parser().parse_args(argv)
+    if args.name == "exec":
+        return _exec(args)
+    try:
+        return int(args.handler(args))
+    except ValueError as err:
+        print(f"python -m pipeline.stages {args.name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The `report` stage: teacher, baseline and HDKD side by side.
+
+For each model it reads the evaluation report (``<eval>/<model>/metrics.json``, written by the
+evaluate bundle's ClassificationReportHandler) and the per-epoch training log
+(``<models>/<model>/training_log.csv``), measures the network's size and CPU cost
+(pipeline.evaluate.complexity), and writes
+
+- ``<metrics>/<model>.json``: the DVC metrics file (headline test metrics, their bootstrap CIs,
+  per-class sensitivity / specificity / AUC, parameters, GFLOPs, CPU latency);
+- ``<plots>/comparison.png`` (+ ``comparison.csv``) and ``<plots>/training_curves.png``
+  (+ ``training_curves.csv``);
+- and, inside a pipeline execution, logs all of it to the MLflow parent run (metric keys
+  ``<model>.<metric>``), so the parent shows the three models' final numbers next to each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from pipeline.evaluate.complexity import count_parameters, cpu_latency_ms, forward_gflops
+from pipeline.evaluate.metrics import HEADLINE, PER_CLASS
+from pipeline.evaluate.plots import plot_training_curves
+from pipeline.networks import build_network
+
+# model name in the pipeline -> network role of pipeline.networks.build_network
+ROLES = {"teacher": "teacher", "baseline": "student", "hdkd": "hdkd"}
+BARS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+CURVES = ("train_loss", "val_accuracy", "val_balanced_accuracy")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file; a missing one is a ValueError naming it."""
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found (run the earlier pipeline stages first)")
+    return json.loads(path.read_text())
+
+
+def complexity(
+    model: str, profile: str, image_size: int, in_channels: int, num_classes: int, latency_runs: int
+) -> dict[str, float]:
+    """Parameters, GFLOPs and median CPU latency (batch 1, 2 threads) of ``model``'s network."""
+    if model not in ROLES:
+        raise ValueError(f"unknown model {model!r}; expected one of {sorted(ROLES)}")
+    network = build_network(
+        ROLES[model], profile, image_size=image_size, in_channels=in_channels, num_classes=num_classes
+    ).eval()
+    return {
+        "parameters": count_parameters(network),
+        "gflops": round(forward_gflops(network, image_size, in_channels), 6),
+        "cpu_latency_ms": round(cpu_latency_ms(network, image_size, in_channels, repeats=latency_runs), 3),
+    }
+
+
+def model_metrics(report: Mapping[str, Any], cost: Mapping[str, float]) -> dict[str, Any]:
+    """The DVC metrics of one model from its evaluation ``report`` and its ``cost``."""
+    return {
+        **{name: report[name] for name in HEADLINE},
+        "n_slices": report["n"],
+        "n_patients": report["n_groups"],
+        "ci95": {name: {"low": low, "high": high} for name, (low, high) in report["ci"].items()},
+        "per_class": {
+            name: {metric: entry[metric] for metric in PER_CLASS}
+            for name, entry in report["per_class"].items()
+        },
+        **cost,
+    }
+
+
+def comparison_table(metrics: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows model, metric, value, low, high for the headline metrics (and the CSV behind the plot)."""
+    rows = [
+        {
+            "model": model,
+            "metric": name,
+            "value": values[name],
+            "low": values["ci95"].get(name, {}).get("low"),
+            "high": values["ci95"].get(name, {}).get("high"),
+        }
+        for model, values in metrics.items()
+        for name in HEADLINE
+    ]
+    return pd.DataFrame(rows)
+
+
+def plot_comparison(table: pd.DataFrame, path: Path) -> Path:
+    """Grouped bars (one group per headline metric, one bar per model) with 95% CI whiskers."""
+    models = list(dict.fromkeys(table["model"]))
+    figure = Figure(figsize=(7.5, 3.6), layout="constrained")
+    ax = figure.subplots()
+    width = 0.8 / len(models)
+    x = np.arange(len(BARS))
+    for index, model in enumerate(models):
+        rows = table[table["model"] == model].set_index("metric").loc[list(BARS)]
+        values = rows["value"].astype(float).to_numpy()
+        low = rows["low"].astype(float).fillna(rows["value"].astype(float)).to_numpy()
+        high = rows["high"].astype(float).fillna(rows["value"].astype(float)).to_numpy()
+        offsets = x + (index - (len(models) - 1) / 2) * width
+        ax.bar(offsets, values, width, label=model)
+        # a percentile bootstrap interval need not contain the point estimate: clip the whiskers at it
+        whiskers = [np.clip(values - low, 0, None), np.clip(high - values, 0, None)]
+        ax.errorbar(offsets, values, yerr=whiskers, fmt="none", ecolor="black", capsize=3)
+    ax.set_xticks(x, [name.replace("_", " ") for name in BARS])
+    ax.set(
+        ylim=(0, 1.05), ylabel="test split", title="teacher vs student baseline vs HDKD (95% CI by patient)"
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def training_history(models_dir: Path, models: Sequence[str]) -> pd.DataFrame:
+    """The ``CURVES`` columns of the models' per-epoch logs merged on ``epoch``, each suffixed with
+    `` (<model>)``."""
+    merged: pd.DataFrame | None = None
+    for model in models:
+        path = models_dir / model / "training_log.csv"
+        if not path.is_file():
+            raise ValueError(f"{path}: file not found (the training bundles write it)")
+        log = pd.read_csv(path).set_index("epoch")
+        log = log[[column for column in CURVES if column in log.columns]]
+        log.columns = [f"{column} ({model})" for column in log.columns]
+        merged = log if merged is None else merged.join(log, how="outer")
+    if merged is None:
+        raise ValueError("no models given")
+    return merged.reset_index()
+
+
+def log_to_parent_run(metrics: Mapping[str, Mapping[str, Any]], files: Sequence[Path]) -> str | None:
+    """Log every model's flat metrics as ``<model>.<key>`` and the report files to the pipeline's parent
+    run (``HDKD_MLFLOW_PARENT_RUN_ID``); returns its id, or None outside a pipeline execution."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.params import flatten
+    from pipeline.tracking import PARENT_RUN_ENV, configure_mlflow
+
+    run_id = os.environ.get(PARENT_RUN_ENV)
+    if not run_id:
+        return None
+    client = MlflowClient(configure_mlflow())
+    for model, values in metrics.items():
+        for key, value in flatten(values).items():
+            if isinstance(value, (int, float)) and value is not None:
+                client.log_metric(run_id, f"{model}.{key}", float(value))
+    for path in files:
+        client.log_artifact(run_id, str(path), "report")
+    return run_id
+
+
+def write_report(
+    models: Sequence[str],
+    eval_dir: Path,
+    models_dir: Path,
+    metrics_dir: Path,
+    plots_dir: Path,
+    profile: str,
+    image_size: int,
+    in_channels: int,
+    class_names: Sequence[str],
+    latency_runs: int,
+) -> dict[str, dict[str, Any]]:
+    """Write the metrics files and plots described in the module docstring; returns the metrics."""
+    metrics = {}
+    for model in models:
+        report = read_json(eval_dir / model / "metrics.json")
+        if report["class_names"] != list(class_names):
+            raise ValueError(
+                f"{eval_dir / model / 'metrics.json'}: classes {report['class_names']} differ from "
+                f"data.class_names {list(class_names)}"
+            )
+        cost = complexity(model, profile, image_size, in_channels, len(class_names), latency_runs)
+        metrics[model] = model_metrics(report, cost)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for model, values in metrics.items():
+        path = metrics_dir / f"{model}.json"
+        path.write_text(json.dumps(values, indent=2, allow_nan=False) + "\n")
+        files.append(path)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    table = comparison_table(metrics)
+    table.to_csv(plots_dir / "comparison.csv", index=False)
+    files.append(plot_comparison(table, plots_dir / "comparison.png"))
+    history = training_history(models_dir, models)
+    history.to_csv(plots_dir / "training_curves.csv", index=False)
+    files.append(plot_training_curves(plots_dir / "training_curves.csv", plots_dir / "training_curves.png"))
+    log_to_parent_run(metrics, files)
+    return metrics

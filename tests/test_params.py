@@ -1,0 +1,135 @@
+"""params.yaml validation: every bad value is rejected before a stage starts, naming the key."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from pipeline.params import ParamsError, check_classes, check_raw_dir, flatten, load_params, validate
+from pipeline.stages.__main__ import main as stages_main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = load_params(ROOT / "params.yaml")
+
+
+def with_value(key: str, value: Any) -> dict:
+    """The shipped params with ``key`` (dotted) set to ``value``."""
+    params = copy.deepcopy(SHIPPED)
+    *sections, last = key.split(".")
+    node = params
+    for section in sections:
+        node = node[section]
+    node[last] = value
+    return params
+
+
+def test_shipped_params_are_valid_and_complete() -> None:
+    flat = validate(SHIPPED)
+    assert flat == flatten(SHIPPED)
+    assert flat["data.raw_dir"] == "data/demo"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("teacher.lr", -0.001, "> 0"),
+        ("student.lr", 0, "> 0"),
+        ("distill.type", "medium", "one of"),
+        ("distill.lambda", -1.0, ">= 0"),
+        ("distill.alpha", 1.5, "[0, 1]"),
+        ("distill.tau", 0, "> 0"),
+        ("split.train_fraction", 0.0, "(0, 1]"),
+        ("split.train_fraction", 1.5, "(0, 1]"),
+        ("split.val", 1.0, "[0, 1)"),
+        ("teacher.epochs", 0, "integer >= 1"),
+        ("student.batch_size", 2.5, "integer >= 1"),
+        ("model.profile", "huge", "one of"),
+        ("model.in_channels", 2, "one of"),
+        ("data.class_names", "glioma", "at least two"),
+        ("data.class_names", "glioma,glioma,notumor", "repeat"),
+        ("data.class_names", ["glioma", "notumor"], "comma-separated"),
+        ("runtime.device", "tpu", "'auto', 'cpu'"),
+        ("model.image_size", 50, "cannot take it"),
+        ("model.image_size", 4, "integer >= 8"),
+        ("evaluate.n_bootstrap", -5, "integer >= 0"),
+        ("efficiency.fractions", [0.1, 0.0], "item 0.0 must be a fraction in (0, 1]"),
+        ("efficiency.seeds", [], "non-empty list"),
+    ],
+)
+def test_invalid_value_is_rejected_naming_the_key(key: str, value: Any, reason: str) -> None:
+    with pytest.raises(ParamsError) as error:
+        validate(with_value(key, value))
+    assert error.value.key == key
+    assert f"{key} = {value!r}" in str(error.value)
+    assert reason in str(error.value)
+
+
+def test_cuda_is_rejected_without_a_gpu() -> None:
+    params = with_value("runtime.device", "cuda")
+    if torch.cuda.is_available():
+        assert validate(params)["runtime.device"] == "cuda"
+    else:
+        with pytest.raises(ParamsError, match=r"runtime\.device = 'cuda'.*no CUDA GPU"):
+            validate(params)
+
+
+def test_unknown_and_missing_keys_are_named() -> None:
+    typo = with_value("distill.lamda", 5.0)
+    with pytest.raises(ParamsError, match=r"distill\.lamda = 5\.0: unknown key"):
+        validate(typo)
+    missing = copy.deepcopy(SHIPPED)
+    del missing["distill"]["tau"]
+    with pytest.raises(ParamsError, match=r"distill\.tau = None: missing"):
+        validate(missing)
+
+
+def test_val_plus_test_must_leave_a_training_set() -> None:
+    params = with_value("split.val", 0.5)
+    params["split"]["test"] = 0.5
+    with pytest.raises(ParamsError, match=r"split\.test .*split\.val \+ split\.test must be < 1"):
+        validate(params)
+
+
+def test_classes_must_match_the_data(tmp_path: Path) -> None:
+    flat = validate(SHIPPED, networks=False)
+    labels = tmp_path / "split.csv"
+    labels.write_text("path,label\na.npy,glioma\nb.npy,meningioma\nc.npy,pituitary\nd.npy,notumor\n")
+    check_classes(flat, labels)
+    labels.write_text("path,label\na.npy,glioma\nb.npy,meningioma\nc.npy,schwannoma\n")
+    with pytest.raises(ParamsError) as error:
+        check_classes(flat, labels)
+    message = str(error.value)
+    assert error.value.key == "data.class_names"
+    assert "not listed: ['schwannoma']" in message
+    assert "without any data: ['notumor', 'pituitary']" in message
+
+
+def test_missing_raw_dir_says_how_to_bring_data(tmp_path: Path) -> None:
+    flat = validate(with_value("data.raw_dir", "data/raw"), networks=False)
+    with pytest.raises(
+        ParamsError, match=r"data\.raw_dir = 'data/raw'.*dvc add data/raw.*Bring your own data"
+    ):
+        check_raw_dir(flat, root=tmp_path)
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    assert check_raw_dir(flat, root=tmp_path) == tmp_path / "data" / "raw"
+
+
+def test_stage_launcher_refuses_to_start_with_bad_params(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    params_file = tmp_path / "params.yaml"
+    marker = tmp_path / "ran.txt"
+    command = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ran')"]
+    params_file.write_text(yaml.safe_dump(with_value("distill.lambda", -2)))
+    assert stages_main(["exec", "--params", str(params_file), *command]) == 2
+    assert "distill.lambda = -2" in capsys.readouterr().err
+    assert not marker.exists()
+    params_file.write_text(yaml.safe_dump(SHIPPED))
+    assert stages_main(["exec", "--params", str(params_file), *command]) == 0
+    assert marker.read_text() == "ran"
