@@ -148,6 +148,7 @@ SCHEMA: dict[str, Check] = {
     "model.profile": one_of(*PROFILES),
     "model.image_size": count(8),
     "model.in_channels": one_of(*CHANNELS),
+    "model.augment": one_of("published", "light", "none"),
     **{f"teacher.{key}": check for key, check in TRAINING.items()},
     **{f"student.{key}": check for key, check in TRAINING.items()},
     "student.weight_decay": non_negative,

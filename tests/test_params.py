@@ -51,6 +51,7 @@ def test_shipped_params_are_valid_and_complete() -> None:
         ("student.batch_size", 2.5, "integer >= 1"),
         ("model.profile", "huge", "one of"),
         ("model.in_channels", 2, "one of"),
+        ("model.augment", "heavy", "one of"),
         ("data.class_names", "glioma", "at least two"),
         ("data.class_names", "glioma,glioma,notumor", "repeat"),
         ("data.class_names", ["glioma", "notumor"], "comma-separated"),
