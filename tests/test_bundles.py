@@ -24,6 +24,17 @@ from pipeline.tracking import PARENT_TAG, start_run
 EPOCHS = 2
 
 
+# what every training run records once per epoch, in training_log.csv and in MLflow
+PER_EPOCH_KEYS = (
+    "train_loss",
+    "train_ce",
+    "train_logit_kd",
+    "train_feature_kd",
+    "lr",
+    "val_balanced_accuracy",
+)
+
+
 def _train_all(root: Path) -> dict:
     """Teacher, HDKD student and baseline trained for two epochs, the HDKD student evaluated, all under
     one MLflow parent run in a private SQLite store."""
@@ -85,14 +96,7 @@ def _check_training_outputs(trained: dict, name: str, role: str) -> None:
     assert (models / f"checkpoint_epoch={EPOCHS}.pt").is_file()
     log = pd.read_csv(models / "training_log.csv")
     assert list(log["epoch"]) == list(range(1, EPOCHS + 1))
-    for column in (
-        "train_loss",
-        "train_ce",
-        "train_logit_kd",
-        "train_feature_kd",
-        "lr",
-        "val_balanced_accuracy",
-    ):
+    for column in PER_EPOCH_KEYS:
         assert log[column].notna().all(), column
     assert (models / "validation" / "confusion_matrix.png").is_file()
 
@@ -119,14 +123,7 @@ def _check_mlflow(trained: dict) -> None:
         run = runs[name]
         assert run.info.status == "FINISHED"
         assert run.data.tags[PARENT_TAG] == trained["parent"]
-        for key in (
-            "train_loss",
-            "train_ce",
-            "train_logit_kd",
-            "train_feature_kd",
-            "lr",
-            "val_balanced_accuracy",
-        ):
+        for key in PER_EPOCH_KEYS:
             assert len(history(name, key)) == EPOCHS, (name, key)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert "config.json" in artifacts
