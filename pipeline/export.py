@@ -3,7 +3,9 @@
 `python -m pipeline export --checkpoint F --output DIR --role hdkd --profile demo` builds the network
 with ``pipeline.networks.build_network``, loads the weights strictly, writes ``DIR/<name>.onnx``,
 ``DIR/<name>.ts`` and ``DIR/<name>.export.json`` (configuration, checks, size), and fails unless ONNX
-Runtime and the TorchScript module reproduce the eval-mode PyTorch logits within the tolerance.
+Runtime and the TorchScript module reproduce the eval-mode PyTorch logits within the tolerance. With
+``--int8-split SPLIT_CSV --class-names a,b,c`` it also writes ``DIR/<name>.int8.onnx``, statically
+quantized on training slices and checked on validation slices (``pipeline.quantize``).
 
 ONNX: the ``torch.export``-based exporter (``dynamo=True``, the default of recent PyTorch; the older
 TorchScript-based exporter is deprecated), input ``image`` [batch, C, H, W] with a dynamic batch axis,
@@ -31,6 +33,7 @@ from torch import nn
 from pipeline.distill.checkpoint import load_weights
 from pipeline.evaluate.complexity import count_parameters, forward_gflops
 from pipeline.networks import build_network
+from pipeline.quantize import compare_predictions, quantize_int8, split_images
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 DEFAULT_OPSET = 18
@@ -272,6 +275,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch sizes of the verification (default: 1 3)",
     )
     parser.add_argument(
+        "--int8-split",
+        type=Path,
+        metavar="SPLIT_CSV",
+        help="also write <name>.int8.onnx, calibrated on training slices of this split file and checked "
+        "against the float model on validation slices (needs --class-names)",
+    )
+    parser.add_argument("--class-names", help="comma-separated class names of the split file")
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=64,
+        help="training slices for the int8 calibration, and validation slices for its check (default 64)",
+    )
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.9,
+        help="least fraction of validation slices on which int8 and float predict the same class "
+        "(default 0.9)",
+    )
+    parser.add_argument(
         "--atol",
         type=float,
         default=DEFAULT_ATOL,
@@ -280,9 +304,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _export_int8(args: argparse.Namespace, output_stem: Path, network: nn.Module) -> dict[str, Any]:
+    """Quantize ``<stem>.onnx`` to ``<stem>.int8.onnx`` (calibrated on the training split, checked on the
+    validation split); returns its facts for the export record."""
+    class_names = args.class_names.split(",")
+    shape = (network.image_size, network.in_channels, args.calibration_images)
+    calibration = split_images(args.int8_split, "train", class_names, *shape)
+    holdout = split_images(args.int8_split, "val", class_names, *shape)
+    float_path = output_stem.with_suffix(".onnx")
+    int8_path = quantize_int8(float_path, output_stem.with_suffix(".int8.onnx"), calibration)
+    return {
+        "file": int8_path.name,
+        "sha256": _sha256(int8_path),
+        "quantization": "static QDQ, per-channel int8 weights, uint8 activations (ONNX Runtime)",
+        "calibration": {"split": "train", "images": len(calibration)},
+        "check_split": "val",
+        **compare_predictions(float_path, int8_path, holdout, args.min_agreement),
+    }
+
+
 def main(argv: list[str]) -> int:
     """CLI entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.int8_split and not args.class_names:
+        parser.error("--int8-split needs --class-names (the class names of the split file)")
     overrides = dict(args.overrides)
     name = args.name or args.role
     try:
@@ -298,6 +344,8 @@ def main(argv: list[str]) -> int:
             args.batch_sizes,
             args.atol,
         )
+        if args.int8_split:
+            facts["onnx_int8"] = _export_int8(args, output_stem=args.output / name, network=network)
     except (ValueError, FileNotFoundError, TypeError) as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 2
@@ -313,4 +361,10 @@ def main(argv: list[str]) -> int:
     for kind in ("onnx", "torchscript"):
         written = facts[kind]
         print(f"wrote {args.output / written['file']} (max abs logit diff {written['max_abs_diff']:.2g})")
+    if "onnx_int8" in facts:
+        written = facts["onnx_int8"]
+        print(
+            f"wrote {args.output / written['file']} (top-1 agreement with float "
+            f"{written['top1_agreement']:.1%} on {written['images']} validation slices)"
+        )
     return 0

@@ -16,8 +16,6 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from pipeline.device import select_device
-
 PARAMS_FILE = "params.yaml"
 DISTILLATION_TYPES = ("soft", "hard", "none")
 PROFILES = ("demo", "published")
@@ -122,6 +120,10 @@ def device_name(value: Any) -> str | None:
     """ "auto", "cpu", "cuda" or "cuda:N", and CUDA only when a GPU is present."""
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
+    if value in ("auto", "cpu"):
+        return None  # always possible; no need to import torch
+    from pipeline.device import select_device
+
     try:
         select_device(value)
     except RuntimeError as err:
@@ -151,6 +153,7 @@ SCHEMA: dict[str, Check] = {
     "model.augment": one_of("published", "light", "none"),
     **{f"teacher.{key}": check for key, check in TRAINING.items()},
     **{f"student.{key}": check for key, check in TRAINING.items()},
+    "teacher.lr_schedule": one_of("constant", "cosine"),  # pipeline.bundle.schedules.LR_SCHEDULES
     "student.weight_decay": non_negative,
     "student.warmup_epochs": count(0),
     "distill.type": one_of(*DISTILLATION_TYPES),
@@ -160,6 +163,8 @@ SCHEMA: dict[str, Check] = {
     "evaluate.n_bootstrap": count(0),
     "evaluate.latency_runs": count(1),
     "export.opset": count(13),
+    "export.calibration_images": count(1),
+    "export.int8_min_agreement": unit_interval,
     "efficiency.fractions": each(fraction),
     "efficiency.seeds": each(count(0)),
 }

@@ -20,7 +20,7 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.tree import DecisionTreeClassifier
 
 from pipeline.data import demo
-from pipeline.data.phantom import CLASSES, IN_PLANE, central_slices
+from pipeline.data.phantom import CLASSES, IN_PLANE, MAX_SLICES, MIN_SLICES, central_slices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +148,7 @@ def test_nifti_images_and_masks_align_and_lesions_reach_the_central_slices(cohor
         assert header.get_data_dtype() == np.int16 and int(header["sform_code"]) == 1
         assert nib.load(cohort / row["mask"]).get_data_dtype() == np.uint8
         assert image.shape == mask.shape and image.shape[:2] == (IN_PLANE, IN_PLANE)
-        assert 20 <= image.shape[2] <= 32
+        assert MIN_SLICES <= image.shape[2] <= MAX_SLICES
         assert np.allclose(image.affine, mask.affine)
         assert nib.aff2axcodes(np.asarray(image.affine)) == ("R", "A", "S")
         assert np.allclose(np.diag(np.asarray(image.affine))[:3], image.pixdim)

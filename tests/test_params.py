@@ -134,3 +134,19 @@ def test_stage_launcher_refuses_to_start_with_bad_params(
     params_file.write_text(yaml.safe_dump(SHIPPED))
     assert stages_main(["exec", "--params", str(params_file), *command]) == 0
     assert marker.read_text() == "ran"
+
+
+def test_network_check_is_skipped_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    params_file = tmp_path / "params.yaml"
+    marker = tmp_path / "ran.txt"
+    command = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ran')"]
+    params_file.write_text(yaml.safe_dump(with_value("model.image_size", 9)))  # too small for the networks
+    assert stages_main(["exec", "--params", str(params_file), *command]) == 2
+    assert "model.image_size = 9" in capsys.readouterr().err and not marker.exists()
+    # stages that build no network (demo data, split) start without building them
+    assert stages_main(["exec", "--no-network-check", "--params", str(params_file), *command]) == 0
+    assert marker.read_text() == "ran"
+    # every other key is still checked
+    params_file.write_text(yaml.safe_dump(with_value("split.seed", -1)))
+    assert stages_main(["exec", "--no-network-check", "--params", str(params_file), *command]) == 2
+    assert "split.seed" in capsys.readouterr().err

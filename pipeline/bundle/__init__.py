@@ -19,6 +19,7 @@ from pipeline.bundle.handlers import (
 )
 from pipeline.bundle.preflight import check_choice, check_split, class_list, flag, load_teacher, load_trained
 from pipeline.bundle.resume import prepare_models_dir
+from pipeline.bundle.schedules import lr_schedule
 from pipeline.bundle.workflow import check_overrides, executed_config
 from pipeline.tracking import repo_root
 
@@ -39,6 +40,7 @@ __all__ = [
     "load_teacher",
     "load_trained",
     "logits_and_labels",
+    "lr_schedule",
     "prepare_models_dir",
     "process_device",
     "rank",

@@ -131,7 +131,8 @@ class PeriodicReport:
     """Attach a ClassificationReportHandler-like ``report`` (``reset`` / ``iteration_completed`` /
     ``epoch_completed``) to a validator so that it only collects and writes on every ``interval``-th
     validation epoch and on the last one (``max_epochs``): the full report with its figures costs
-    seconds, the ignite metrics of every epoch do not."""
+    seconds, the ignite metrics of every epoch do not. The report's metrics are removed from the
+    validator again at the next epoch, so loggers never repeat a stale value for an epoch without one."""
 
     def __init__(self, report: Any, interval: int, max_epochs: int) -> None:
         if interval < 1:
@@ -139,18 +140,30 @@ class PeriodicReport:
         self.report = report
         self.interval = int(interval)
         self.max_epochs = int(max_epochs)
+        self._reported: set[str] = set()
 
     def due(self, engine: Engine, _: Any = None) -> bool:
         """Whether this validation epoch (the trainer's epoch) gets a report."""
         epoch = engine.state.epoch
         return epoch % self.interval == 0 or epoch >= self.max_epochs
 
+    def _report(self, engine: Engine) -> None:
+        before = set(engine.state.metrics)
+        self.report.epoch_completed(engine)
+        self._reported = set(engine.state.metrics) - before
+
+    def _forget(self, engine: Engine) -> None:
+        for key in self._reported:
+            engine.state.metrics.pop(key, None)
+        self._reported = set()
+
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._forget)
         engine.add_event_handler(Events.EPOCH_STARTED, self.report.reset)
         engine.add_event_handler(
             Events.ITERATION_COMPLETED(event_filter=self.due), self.report.iteration_completed
         )
-        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self.due), self.report.epoch_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self.due), self._report)
 
 
 def logits_and_labels(output: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ def _exec(args: argparse.Namespace) -> int:
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
-        params = check_stage(args.params, args.raw_dir, args.labels)
+        params = check_stage(args.params, args.raw_dir, args.labels, networks=not args.no_network_check)
     except ValueError as err:
         print(f"python -m pipeline.stages exec: error: {err}", file=sys.stderr)
         return 2
@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
     run.add_argument("--raw-dir", action="store_true", help="check that data.raw_dir exists")
     run.add_argument("--labels", type=Path, help="CSV whose 'label' column must match data.class_names")
+    run.add_argument(
+        "--no-network-check",
+        action="store_true",
+        help="for stages that build no network: skip building the networks to check model.image_size "
+        "(saves importing torch and MONAI)",
+    )
     run.add_argument("--mlflow", action="store_true", help="run COMMAND under the execution's MLflow parent")
     run.add_argument("--experiment", default="hdkd", help="MLflow experiment (default %(default)s)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the stage's command")

@@ -39,12 +39,16 @@ def run_command(command: list[str]) -> int:
 
 
 def check_stage(
-    params_file: Path = Path(PARAMS_FILE), raw_dir: bool = False, labels: Path | None = None
+    params_file: Path = Path(PARAMS_FILE),
+    raw_dir: bool = False,
+    labels: Path | None = None,
+    networks: bool = True,
 ) -> dict:
     """Check every key of ``params_file`` (and ``data.raw_dir`` / the classes of the ``labels`` CSV when
-    asked); returns the params. Raises ParamsError / ValueError naming the key or file."""
+    asked; with ``networks``, that the networks take ``model.image_size``); returns the params. Raises
+    ParamsError / ValueError naming the key or file."""
     params = load_params(params_file)
-    flat = validate(params, source=str(params_file))
+    flat = validate(params, source=str(params_file), networks=networks)
     if raw_dir:
         check_raw_dir(flat)
     if labels:
