@@ -12,7 +12,7 @@ from monai.utils import set_determinism
 
 from pipeline.data.datasets import load_split, loader_worker_init, make_dataset
 from pipeline.data.manifest import write_csv
-from pipeline.data.slices import SLICE_COLUMNS
+from pipeline.data.slice_table import SLICE_COLUMNS
 from pipeline.data.transforms import eval_transforms, train_transforms
 
 CLASSES = ["glioma", "notumor"]

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.data import split
 from pipeline.data.manifest import write_csv
-from pipeline.data.slices import SLICE_COLUMNS
+from pipeline.data.slice_table import SLICE_COLUMNS
 
 CLASSES = ("glioma", "meningioma", "pituitary", "notumor")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from monai.data import CacheDataset, set_track_meta
 from monai.data.utils import worker_init_fn
 
-from pipeline.data.slices import read_slice_table
+from pipeline.data.slice_table import read_slice_table
 from pipeline.data.split import SPLITS
 
 

@@ -49,7 +49,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from monai.data import MetaTensor
 from monai.transforms import (
@@ -63,17 +62,8 @@ from tqdm import tqdm
 
 from pipeline.data.loaders import load_item, load_mask
 from pipeline.data.manifest import ManifestRow, input_root, mask_file, read_manifest, write_csv
+from pipeline.data.slice_table import SLICE_COLUMNS
 
-SLICE_COLUMNS: tuple[str, ...] = (
-    "slice_id",
-    "path",
-    "source_id",
-    "patient",
-    "label",
-    "slice_index",
-    "given_split",
-    "modality",
-)
 SKIPPED_COLUMNS: tuple[str, ...] = ("source_id", "path", "reason")
 SLICES_CSV, SUMMARY_JSON, SKIPPED_CSV, ARRAY_DIR = "slices.csv", "slices.json", "skipped.csv", "slices"
 NO_PATIENT_WARNING = "no patient id"
@@ -126,21 +116,6 @@ class SliceSettings:
 
 class SkipItem(Exception):
     """An item that yields no slice; the message is the reason written to skipped.csv."""
-
-
-def read_slice_table(path: str | os.PathLike, extra_columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A slices.csv (or a split CSV: pass ``("split",)``) as strings; ValueError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable CSV ({err})") from err
-    missing = [c for c in (*SLICE_COLUMNS, *extra_columns) if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    return table
 
 
 def _spread(candidates: list[int], cap: int) -> list[int]:

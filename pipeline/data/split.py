@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data.slices import read_slice_table
+from pipeline.data.slice_table import read_slice_table
 
 SPLITS = ("train", "val", "test")
 NO_PATIENT_NOTE = (
