@@ -308,9 +308,17 @@ def _export_int8(args: argparse.Namespace, output_stem: Path, network: nn.Module
     """Quantize ``<stem>.onnx`` to ``<stem>.int8.onnx`` (calibrated on the training split, checked on the
     validation split); returns its facts for the export record."""
     class_names = args.class_names.split(",")
-    shape = (network.image_size, network.in_channels, args.calibration_images)
-    calibration = split_images(args.int8_split, "train", class_names, *shape)
-    holdout = split_images(args.int8_split, "val", class_names, *shape)
+    calibration, holdout = (
+        split_images(
+            args.int8_split,
+            split,
+            class_names,
+            image_size=network.image_size,
+            in_channels=network.in_channels,
+            count=args.calibration_images,
+        )
+        for split in ("train", "val")
+    )
     float_path = output_stem.with_suffix(".onnx")
     int8_path = quantize_int8(float_path, output_stem.with_suffix(".int8.onnx"), calibration)
     return {
