@@ -1,7 +1,7 @@
 """The DVC pipeline end to end, in a temporary copy of the repository, with a tiny profile.
 
 `dvc repro` runs every stage for real (demo cohort -> ingest -> slices -> split -> teacher, baseline,
-HDKD training -> evaluation -> report -> ONNX export) with MLflow in a SQLite store inside the copy;
+HDKD training -> evaluation and report -> ONNX export) with MLflow in a SQLite store inside the copy;
 then the outputs, metrics, MLflow runs, `dvc status` and privacy are checked. A second test walks the
 README's "Bring your own data" flow: data/raw tracked by data.dvc, pushed to a local remote, pulled
 into a fresh clone.
@@ -171,8 +171,8 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
     expected = {"dvc.lock", *(f"metrics/{model}.json" for model in MODELS)}
     assert [path for path in changed if path not in expected and not path.endswith(".gitignore")] == []
 
-    # exact dependencies: only `distill` reads distill.lambda (its new weights then re-run evaluate@hdkd,
-    # report and export); where MLflow logs is not a dependency of any stage
+    # exact dependencies: only `distill` reads distill.lambda (its new weights then re-run evaluate
+    # and export); where MLflow logs is not a dependency of any stage
     params = (repo / "params.yaml").read_text()
     set_params(repo, {"distill.lambda": 5.0})
     assert set(json.loads(dvc(repo, env, "status", "dvc.yaml", "--json").stdout)) == {"distill"}

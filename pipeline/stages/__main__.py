@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from pipeline.params import PARAMS_FILE, split_names
 
+# True when this module is the process's entry point (`python -m pipeline.stages`): only then does
+# `exec` tune the garbage collector for the process (pipeline.stages.launcher.startup_without_gc).
+OWN_PROCESS = __name__ == "__main__"
+
 
 def _exec(args: argparse.Namespace) -> int:
-    from pipeline.stages.launcher import check_stage, launch
+    from pipeline.stages.launcher import check_stage, launch, split_commands, startup_without_gc
 
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    try:
-        params = check_stage(args.params, args.raw_dir, args.labels, networks=not args.no_network_check)
-    except ValueError as err:
-        print(f"python -m pipeline.stages exec: error: {err}", file=sys.stderr)
-        return 2
-    # errors of the command itself keep their traceback
-    return launch(command, params, args.mlflow, args.experiment)
+    with startup_without_gc() if OWN_PROCESS else nullcontext():
+        try:
+            commands = split_commands(args.command)
+            params = check_stage(args.params, args.raw_dir, args.labels, networks=not args.no_network_check)
+        except ValueError as err:
+            print(f"python -m pipeline.stages exec: error: {err}", file=sys.stderr)
+            return 2
+    # errors of the commands themselves keep their traceback
+    code = launch(commands, params, args.mlflow, args.experiment)
+    if OWN_PROCESS:
+        gc.freeze()  # the interpreter's collections at exit would only walk long-lived objects (~1 s)
+    return code
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -63,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "exec",
-        help="check params.yaml, then run a stage's command (under the MLflow parent run)",
-        description="Check every key of params.yaml (and the data checks asked for), then run COMMAND; "
-        "with --mlflow, COMMAND's MLflow runs are children of this pipeline execution's parent run.",
+        help="check params.yaml, then run a stage's commands (under the MLflow parent run)",
+        description="Check every key of params.yaml (and the data checks asked for), then run each "
+        "COMMAND in turn, stopping at the first that fails; `python -m` commands run in this process. "
+        "With --mlflow, their MLflow runs are children of this pipeline execution's parent run.",
     )
     run.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
     run.add_argument("--raw-dir", action="store_true", help="check that data.raw_dir exists")
@@ -76,9 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="for stages that build no network: skip building the networks to check model.image_size "
         "(saves importing torch and MONAI)",
     )
-    run.add_argument("--mlflow", action="store_true", help="run COMMAND under the execution's MLflow parent")
+    run.add_argument(
+        "--mlflow", action="store_true", help="run the commands under the execution's MLflow parent"
+    )
     run.add_argument("--experiment", default="hdkd", help="MLflow experiment (default %(default)s)")
-    run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the stage's command")
+    run.add_argument(
+        "command", nargs=argparse.REMAINDER, help="-- COMMAND [-- COMMAND ...]: each `--` starts a command"
+    )
     run.set_defaults(handler=_exec)
 
     report = commands.add_parser(

@@ -1,4 +1,4 @@
-"""The `report` stage: teacher, baseline and HDKD side by side.
+"""The report of the `evaluate` stage: teacher, baseline and HDKD side by side.
 
 For each model it reads the evaluation report (``<eval>/<model>/metrics.json``, written by the
 evaluate bundle's ClassificationReportHandler) and the per-epoch training log
