@@ -323,13 +323,14 @@ def sop_name(sop_class: str) -> str:
     return pydicom.uid.UID(sop_class).name if sop_class else "unknown SOP class"
 
 
-def load_series(paths: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
+def load_series(items: Sequence[str | Path | DicomFile]) -> tuple[np.ndarray, np.ndarray]:
     """Float32 channel-first array and RAS affine of one DICOM image: a 2D file, multi-frame file or series.
 
-    Returns (C, X, Y) for a single frame and (C, X, Y, Z) otherwise, slices ordered along the slice normal
-    (whatever the order of ``paths``), rescale applied, MONOCHROME1 inverted. DicomError says what is wrong.
+    ``items`` are file paths, or their headers when already read (:func:`read_header`). Returns (C, X, Y)
+    for a single frame and (C, X, Y, Z) otherwise, slices ordered along the slice normal (whatever the
+    order of ``items``), rescale applied, MONOCHROME1 inverted. DicomError says what is wrong.
     """
-    files = [read_header(p) for p in paths]
+    files = [item if isinstance(item, DicomFile) else read_header(item) for item in items]
     check_stackable(files)
     geometry = stack_geometry(files)
     decoded = []

@@ -125,7 +125,7 @@ def build_row(root: Path, candidate: Candidate, source: LabelSource, salt: str,
     if classes is not None and info.label not in classes:
         raise NoLabel(f"label '{info.label}' is not in --classes ({', '.join(classes)})")
     try:
-        image = load_files([f.path for f in candidate.found], candidate.format)
+        image = load_files(candidate.dicom or [f.path for f in candidate.found], candidate.format)
     except (DicomError, LoadError):
         raise
     except Exception as err:  # nibabel, PIL, gzip and MONAI raise many types for a damaged file; go on

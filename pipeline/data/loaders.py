@@ -23,7 +23,7 @@ from monai.data.utils import affine_to_spacing
 from monai.transforms import LoadImage
 from PIL import Image
 
-from pipeline.data.dicom import load_series
+from pipeline.data.dicom import DicomFile, load_series
 from pipeline.data.discovery import sniff_format
 from pipeline.data.manifest import ManifestRow, item_files
 
@@ -95,12 +95,13 @@ def _validate(image: MetaTensor, what: str) -> MetaTensor:
     return image
 
 
-def load_files(files: Sequence[str | os.PathLike], fmt: str) -> MetaTensor:
-    """Load one item made of ``files`` in format ``fmt`` (``FORMATS``); LoadError/DicomError say why not."""
-    paths = [Path(f) for f in files]
+def load_files(files: Sequence[str | os.PathLike | DicomFile], fmt: str) -> MetaTensor:
+    """Load one item made of ``files`` in format ``fmt`` (``FORMATS``); LoadError/DicomError say why not.
+    DICOM files may be given as their headers when already read (:func:`pipeline.data.dicom.read_header`)."""
     if fmt == "dicom":
-        array, affine = load_series(paths)
+        array, affine = load_series(files)  # type: ignore[arg-type]
         return _validate(MetaTensor(torch.from_numpy(array), affine=torch.from_numpy(affine)), "DICOM image")
+    paths = [Path(f) for f in files]  # type: ignore[arg-type]
     if len(paths) != 1:
         raise LoadError(f"a {fmt} item is one file, got {len(paths)}")
     if fmt == "nifti":

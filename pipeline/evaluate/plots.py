@@ -30,7 +30,7 @@ DPI = 120
 def _save(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+    figure.savefig(path, format="png", dpi=DPI)  # constrained layout already fits every label
     return path
 
 
