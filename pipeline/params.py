@@ -140,6 +140,7 @@ SCHEMA: dict[str, Check] = {
     "runtime.num_workers": count(0),
     "data.raw_dir": text,
     "data.class_names": class_list,
+    "data.workers": count(0),
     "demo.cases": count(4),
     "demo.seed": count(0),
     "slices.max_per_volume": count(1),

@@ -113,6 +113,19 @@ def test_each_bad_input_is_rejected_with_its_reason_and_inputs_untouched(tmp_pat
     assert sorted(r.path for r in read_manifest(out / "manifest.csv")) == ["a/good.png", "b/good.png"]
 
 
+def test_worker_processes_write_the_same_outputs(tmp_path):
+    """Every kind of rejection travels back from the worker processes unchanged."""
+    root = tmp_path / "in"
+    _bad_tree(root)
+    outputs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"out{workers}"
+        assert run(root, out, "--classes", "a,b", "--workers", workers) == 0
+        outputs[workers] = {name: (out / name).read_bytes() for name in ("manifest.csv", "rejected.csv")}
+    assert outputs["0"] == outputs["2"]
+    assert run(root, tmp_path / "bad", "--workers", "-1") == 2
+
+
 def test_exit_codes(tmp_path, capsys):
     root = tmp_path / "in"
     _bad_tree(root)

@@ -10,6 +10,7 @@ replaced by salted hashes (:mod:`pipeline.data.privacy`) and never printed.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections import Counter, defaultdict
@@ -25,6 +26,7 @@ from pipeline.data.discovery import Found, Unreadable, classify, walk
 from pipeline.data.labels import ItemKey, LabelSource, NoLabel, detect_layout
 from pipeline.data.loaders import LoadError, kind_of, load_files, load_mask, spacing_of
 from pipeline.data.manifest import MANIFEST_NAME, REJECTED_NAME, ManifestRow, write_outputs
+from pipeline.data.parallel import map_in_order
 from pipeline.data.privacy import DEMO_SALT, SALT_ENV, resolve_salt, salted_hash
 
 NO_PATIENT = "no patient id: the item counts as its own patient"
@@ -174,17 +176,37 @@ def _pixel_facts(headers: list[DicomFile]) -> dict[str, str]:
     }
 
 
+def _classified(root: Path, path: Path) -> Found | Unreadable:
+    """What ``path`` holds, or why it cannot be used (returned, so worker processes can report it)."""
+    try:
+        return classify(path, root)
+    except Unreadable as err:
+        return err
+
+
+def _loaded(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...] | None,
+            candidate: Candidate) -> tuple[ManifestRow, list[str]] | str:
+    """``build_row`` of ``candidate`` with its files in slice order, or the reason it is rejected."""
+    try:
+        return build_row(root, candidate, source, salt, classes), candidate.files
+    except (NoLabel, DicomError, ValueError, OSError) as err:
+        return str(err)
+
+
 def ingest(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...] | None,
-           progress: bool = True) -> Result:
-    """Walk ``root`` and return the accepted rows, rejected inputs and multi-file item lists."""
+           progress: bool = True, workers: int = 0) -> Result:
+    """Walk ``root`` and return the accepted rows, rejected inputs and multi-file item lists; ``workers``
+    > 0 reads the files in that many processes (the result is the same)."""
     result = Result()
     found: list[Found] = []
     paths = list(walk(root, source.skip))
-    for path in tqdm(paths, desc="reading headers", unit="file", disable=not progress):
-        try:
-            found.append(classify(path, root))
-        except Unreadable as err:
-            result.rejected.append((path.relative_to(root).as_posix(), str(err)))
+    headers = map_in_order(functools.partial(_classified, root), paths, workers, chunksize=16)
+    for path, outcome in zip(paths, tqdm(headers, total=len(paths), desc="reading headers", unit="file",
+                                         disable=not progress), strict=True):
+        if isinstance(outcome, Unreadable):
+            result.rejected.append((path.relative_to(root).as_posix(), str(outcome)))
+        else:
+            found.append(outcome)
     dicom = []
     for item in (f for f in found if f.dicom is not None):
         try:
@@ -194,16 +216,17 @@ def ingest(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...] 
             result.rejected.append((item.relpath, str(err)))
     candidates = [Candidate(f.relpath, f.format, [f]) for f in found if f.dicom is None]
     candidates += group_dicom(dicom)
-    for candidate in tqdm(sorted(candidates, key=lambda c: c.relpath), desc="loading", unit="item",
-                          disable=not progress):
-        try:
-            row = build_row(root, candidate, source, salt, classes)
-        except (NoLabel, DicomError, ValueError, OSError) as err:
-            result.rejected.append((candidate.relpath, str(err)))
+    candidates.sort(key=lambda c: c.relpath)
+    rows = map_in_order(functools.partial(_loaded, root, source, salt, classes), candidates, workers)
+    for candidate, outcome in zip(candidates, tqdm(rows, total=len(candidates), desc="loading", unit="item",
+                                                   disable=not progress), strict=True):
+        if isinstance(outcome, str):
+            result.rejected.append((candidate.relpath, outcome))
             continue
+        row, files = outcome
         result.rows.append(row)
         if len(candidate.found) > 1:
-            result.files[row.id] = candidate.files
+            result.files[row.id] = files
     result.rejected += source.missing(root)
     result.rows.sort(key=lambda r: (r.path, r.id))
     result.rejected.sort()
@@ -244,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "pituitary); items with any other label are rejected. Default: every label found")
     parser.add_argument("--salt", default=None, help=SALT_HELP)
     parser.add_argument("--strict", action="store_true", help="exit 1 if any input is rejected")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="read the files in this many processes (default 0: in this process); the "
+                        "outputs are the same")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     return parser
 
@@ -275,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest: error: --output {args.output} is inside --input {args.input}; choose a folder "
               "outside it (ingest never writes into the input)", file=sys.stderr)
         return 2
+    if args.workers < 0:
+        print(f"ingest: error: --workers must be >= 0, got {args.workers}", file=sys.stderr)
+        return 2
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
     salt, demo_salt = resolve_salt(args.salt)
     if demo_salt:
@@ -285,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"ingest: error: {err}", file=sys.stderr)
         return 2
-    result = ingest(root, source, salt, classes, progress=not args.no_progress)
+    result = ingest(root, source, salt, classes, progress=not args.no_progress, workers=args.workers)
     info = {"input_root": _relative_root(root, output), "layout": source.name, "demo_salt": demo_salt,
             "classes": sorted({row.label for row in result.rows}), "files": result.files}
     write_outputs(output, result.rows, result.rejected, info)

@@ -35,7 +35,6 @@ size; the demo uses it to stay small). Output is deterministic for the same inpu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
@@ -44,7 +43,6 @@ import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,6 +60,7 @@ from tqdm import tqdm
 
 from pipeline.data.loaders import load_item, load_mask
 from pipeline.data.manifest import ManifestRow, input_root, mask_file, read_manifest, write_csv
+from pipeline.data.parallel import map_in_order
 from pipeline.data.slice_table import SLICE_COLUMNS
 
 SKIPPED_COLUMNS: tuple[str, ...] = ("source_id", "path", "reason")
@@ -283,11 +282,6 @@ def _process_item(
     return records, None
 
 
-def _one_thread() -> None:
-    """Worker initialiser: one torch thread per process, so workers do not oversubscribe the CPUs."""
-    torch.set_num_threads(1)
-
-
 def extract_slices(
     manifest: Path, output: Path, settings: SliceSettings, progress: bool = True, workers: int = 0
 ) -> dict:
@@ -307,21 +301,14 @@ def extract_slices(
     records: list[dict[str, str]] = []
     skipped: list[dict[str, str]] = []
     used: Counter = Counter()
-    with contextlib.ExitStack() as stack:
-        if workers:
-            pool = stack.enter_context(ProcessPoolExecutor(workers, initializer=_one_thread))
-            results = pool.map(work, rows)
-        else:
-            results = map(work, rows)
-        bar = tqdm(
-            results, total=len(rows), desc="slices", unit="item", disable=not progress, file=sys.stderr
-        )
-        for row, (item_records, skip) in zip(rows, bar, strict=True):
-            if skip is not None:
-                skipped.append(skip)
-                continue
-            used[row.kind] += 1
-            records += item_records
+    results = map_in_order(work, rows, workers)
+    bar = tqdm(results, total=len(rows), desc="slices", unit="item", disable=not progress, file=sys.stderr)
+    for row, (item_records, skip) in zip(rows, bar, strict=True):
+        if skip is not None:
+            skipped.append(skip)
+            continue
+        used[row.kind] += 1
+        records += item_records
     write_csv(output / SLICES_CSV, SLICE_COLUMNS, records)
     write_csv(output / SKIPPED_CSV, SKIPPED_COLUMNS, skipped)
     summary = {

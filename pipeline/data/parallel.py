@@ -1,0 +1,32 @@
+"""Map a function over the items of a data stage in worker processes (or in this one), in input order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+import torch
+
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
+
+
+def _one_torch_thread() -> None:
+    """Worker initialiser: one torch thread per process, so workers do not oversubscribe the CPUs."""
+    torch.set_num_threads(1)
+
+
+def map_in_order(
+    function: Callable[[Item], Outcome], items: Iterable[Item], workers: int, chunksize: int = 1
+) -> Iterator[Outcome]:
+    """``function`` of every item, in the order of ``items``: in ``workers`` processes, or in this
+    process when ``workers`` is 0. ``function`` and the items must pickle; an exception it raises ends
+    the iteration, so functions that reject single items return the reason instead."""
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
+    if not workers:
+        yield from map(function, items)
+        return
+    with ProcessPoolExecutor(workers, initializer=_one_torch_thread) as pool:
+        yield from pool.map(function, items, chunksize=chunksize)
