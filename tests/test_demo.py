@@ -63,8 +63,9 @@ def test_plan_balances_classes_formats_and_repeats_patients() -> None:
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(cohort: Path, tmp_path: Path) -> None:
+    """... also when two worker processes draw the scans."""
     again, other = tmp_path / "again", tmp_path / "other"
-    demo.generate_cohort(again, cases=8, seed=3, progress=False)
+    demo.generate_cohort(again, cases=8, seed=3, progress=False, workers=2)
     demo.generate_cohort(other, cases=8, seed=4, progress=False)
     reference = file_hashes(cohort)
     assert file_hashes(again) == reference

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import gzip
 import json
 import sys
@@ -44,6 +45,7 @@ from tqdm import tqdm
 
 from pipeline.data import phantom
 from pipeline.data.dicom_writer import PatientInfo, SeriesInfo, write_series
+from pipeline.data.parallel import map_in_order
 
 MARKER = ".hdkd-demo.json"
 LABELS = "labels.csv"
@@ -219,26 +221,45 @@ def clear_previous_output(root: Path) -> None:
     marker.unlink()
 
 
-def generate_cohort(root: Path, cases: int = 48, seed: int = 0, progress: bool = True) -> list[CaseRecord]:
-    """Write the demo cohort into ``root`` (see the module doc) and return its labels.csv rows."""
+def _render_case(
+    seed: int, task: tuple[int, ScanPlan, date]
+) -> tuple[phantom.Session, np.ndarray, np.ndarray, SeriesInfo | None]:
+    """Session, image, mask and (for DICOM) study/series identity of scan ``index``: everything but
+    the writing, so that worker processes can draw scans while this one writes them."""
+    index, scan, first_study = task
+    patient_rng = np.random.default_rng([seed, 1, scan.patient])
+    anatomy = phantom.sample_anatomy(patient_rng)
+    lesion = phantom.sample_lesion(patient_rng, scan.label, anatomy)
+    session, image, mask, rng = _render_scan(seed, index, anatomy, lesion)
+    series = _series_info(rng, seed, scan, first_study) if scan.fmt == "dicom" else None
+    return session, image, mask, series
+
+
+def generate_cohort(
+    root: Path, cases: int = 48, seed: int = 0, progress: bool = True, workers: int = 0
+) -> list[CaseRecord]:
+    """Write the demo cohort into ``root`` (see the module doc) and return its labels.csv rows.
+    ``workers`` > 0 draws the scans in that many processes (the files are the same)."""
     plan = plan_cohort(cases)
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
     clear_previous_output(root)
     marker = _Marker(root, seed, cases)
     people = _identities(seed, max(scan.patient for scan in plan) + 1)
     offsets = np.random.default_rng([seed, 3]).integers(300, size=len(people))
     first_study = [date(2024, 1, 1) + timedelta(days=int(days)) for days in offsets]
+    tasks = [(index, scan, first_study[scan.patient]) for index, scan in enumerate(plan)]
+    rendered = map_in_order(functools.partial(_render_case, seed), tasks, workers)
     records: list[CaseRecord] = []
-    for index, scan in enumerate(tqdm(plan, desc="demo cohort", unit="scan", disable=not progress)):
-        patient_rng = np.random.default_rng([seed, 1, scan.patient])
-        anatomy = phantom.sample_anatomy(patient_rng)
-        lesion = phantom.sample_lesion(patient_rng, scan.label, anatomy)
-        session, image, mask, rng = _render_scan(seed, index, anatomy, lesion)
+    for scan, (session, image, mask, series) in zip(
+        plan, tqdm(rendered, total=len(plan), desc="demo cohort", unit="scan", disable=not progress),
+        strict=True,
+    ):
         person = people[scan.patient]
-        if scan.fmt == "dicom":
+        if series is not None:
             folder = f"dicom/{scan.case}"
             marker.add([f"{folder}/IM{k + 1:04d}.dcm" for k in range(session.grid.shape[2])])
-            write_series(root / folder, image, session.grid, person,
-                         _series_info(rng, seed, scan, first_study[scan.patient]))
+            write_series(root / folder, image, session.grid, person, series)
             records.append(CaseRecord(folder, scan.label, person.patient_id, "", scan.fmt))
         else:
             path, mask_path = f"nifti/{scan.case}.nii.gz", f"masks/{scan.case}_mask.nii.gz"
@@ -304,14 +325,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed (default 0); the same seed and package versions give the same "
                              "bytes")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="draw the scans in this many processes (default 0: in this process); the "
+                             "files are the same")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.cases < MIN_CASES:
         parser.error(f"--cases must be at least {MIN_CASES}, got {args.cases}")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
     try:
-        records = generate_cohort(args.output, args.cases, args.seed, progress=not args.quiet)
+        records = generate_cohort(args.output, args.cases, args.seed, progress=not args.quiet,
+                                  workers=args.workers)
     except (FileExistsError, ValueError) as error:
         print(f"demo-data: error: {error}", file=sys.stderr)
         return 1

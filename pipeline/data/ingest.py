@@ -26,7 +26,7 @@ from pipeline.data.discovery import Found, Unreadable, classify, walk
 from pipeline.data.labels import ItemKey, LabelSource, NoLabel, detect_layout
 from pipeline.data.loaders import LoadError, kind_of, load_files, load_mask, spacing_of
 from pipeline.data.manifest import MANIFEST_NAME, REJECTED_NAME, ManifestRow, write_outputs
-from pipeline.data.parallel import map_in_order
+from pipeline.data.parallel import map_in_order, one_torch_thread
 from pipeline.data.privacy import DEMO_SALT, SALT_ENV, resolve_salt, salted_hash
 
 NO_PATIENT = "no patient id: the item counts as its own patient"
@@ -200,7 +200,9 @@ def ingest(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...] 
     result = Result()
     found: list[Found] = []
     paths = list(walk(root, source.skip))
-    headers = map_in_order(functools.partial(_classified, root), paths, workers, chunksize=16)
+    headers = map_in_order(
+        functools.partial(_classified, root), paths, workers, chunksize=16, initializer=one_torch_thread
+    )
     for path, outcome in zip(paths, tqdm(headers, total=len(paths), desc="reading headers", unit="file",
                                          disable=not progress), strict=True):
         if isinstance(outcome, Unreadable):
@@ -217,7 +219,8 @@ def ingest(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...] 
     candidates = [Candidate(f.relpath, f.format, [f]) for f in found if f.dicom is None]
     candidates += group_dicom(dicom)
     candidates.sort(key=lambda c: c.relpath)
-    rows = map_in_order(functools.partial(_loaded, root, source, salt, classes), candidates, workers)
+    load = functools.partial(_loaded, root, source, salt, classes)
+    rows = map_in_order(load, candidates, workers, initializer=one_torch_thread)
     for candidate, outcome in zip(candidates, tqdm(rows, total=len(candidates), desc="loading", unit="item",
                                                    disable=not progress), strict=True):
         if isinstance(outcome, str):

@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from pipeline.data.loaders import load_item, load_mask
 from pipeline.data.manifest import ManifestRow, input_root, mask_file, read_manifest, write_csv
-from pipeline.data.parallel import map_in_order
+from pipeline.data.parallel import map_in_order, one_torch_thread
 from pipeline.data.slice_table import SLICE_COLUMNS
 
 SKIPPED_COLUMNS: tuple[str, ...] = ("source_id", "path", "reason")
@@ -301,7 +301,7 @@ def extract_slices(
     records: list[dict[str, str]] = []
     skipped: list[dict[str, str]] = []
     used: Counter = Counter()
-    results = map_in_order(work, rows, workers)
+    results = map_in_order(work, rows, workers, initializer=one_torch_thread)
     bar = tqdm(results, total=len(rows), desc="slices", unit="item", disable=not progress, file=sys.stderr)
     for row, (item_records, skip) in zip(rows, bar, strict=True):
         if skip is not None:
