@@ -18,13 +18,13 @@ from __future__ import annotations
 import gc
 import os
 import runpy
-import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.lifetime import run_ending_with_parent
 from pipeline.params import PARAMS_FILE, check_classes, check_raw_dir, load_params, validate
 
 EXPERIMENT_NAME = "hdkd"
@@ -46,7 +46,8 @@ def startup_without_gc() -> Iterator[None]:
 
 def run_command(command: list[str]) -> int:
     """Run ``command`` and return its exit code. ``python -m MODULE ARGS`` runs in this process (the
-    stage then imports torch/MONAI once, not twice); anything else runs as a subprocess."""
+    stage then imports torch/MONAI once, not twice); anything else runs as a subprocess that ends
+    when this process ends."""
     if len(command) >= 3 and Path(command[0]).name.startswith("python") and command[1] == "-m":
         saved = sys.argv
         sys.argv = [command[2], *command[3:]]
@@ -58,7 +59,7 @@ def run_command(command: list[str]) -> int:
         finally:
             sys.argv = saved
         return 0
-    return subprocess.call(command)
+    return run_ending_with_parent(command)
 
 
 def split_commands(tokens: list[str]) -> list[list[str]]:
