@@ -90,12 +90,13 @@ def test_one_instance_in_three_encodings_and_a_truncated_copy_keeps_one(tmp_path
     assert len(reasons) == 3
 
 
-def _two_acquisitions(folder: Path, tag: str | None) -> None:
+def _two_acquisitions(folder: Path, tag: str | None, series_uid: str = "1.2.826.0.1.3") -> None:
     """Two 4-slice acquisitions at the same positions in one series (different instances)."""
     for acquisition in (1, 2):
         volume = phantom((4, 16, 16), seed=10 + acquisition)
         for k in range(4):
-            ds = dicom_dataset(volume[k], position=(0.0, 0.0, 3.0 * k), instance=10 * acquisition + k)
+            ds = dicom_dataset(volume[k], position=(0.0, 0.0, 3.0 * k), instance=10 * acquisition + k,
+                               series_uid=series_uid)
             if tag:
                 setattr(ds, tag, acquisition)
             save_dicom(ds, folder / f"A{acquisition}_{k}.dcm")
@@ -241,8 +242,8 @@ def test_every_file_of_a_messy_tree_is_accepted_or_rejected_under_its_own_path(t
                           series_uid="1.2.826.0.1.5")
     shutil.copy(series[0], root / "glioma" / "p1" / "dup_of_IM0")
     _truncate(Path(shutil.copy(series[1], root / "glioma" / "p1" / "IM1_cut")))
-    _two_acquisitions(root / "meningioma" / "p2", None)
-    _two_acquisitions(root / "meningioma" / "p3", "EchoNumbers")
+    _two_acquisitions(root / "meningioma" / "p2", None, "1.2.826.0.1.12")
+    _two_acquisitions(root / "meningioma" / "p3", "EchoNumbers", "1.2.826.0.1.13")
     save_dicom(dicom_dataset(phantom((16, 16), seed=2)), root / "series_root_file.dcm")  # no class folder
     (root / "notumor").mkdir()
     (root / "pituitary").mkdir()

@@ -120,8 +120,8 @@ def _stacks(members: list[Found], folder: str) -> tuple[list[Candidate], list[tu
     split = _acquisitions(members)
     if split is None:
         reason = (f"its series has files at the same slice position and no tag "
-                  f"({', '.join(ACQUISITION_TAGS)}) tells the acquisitions apart: put each acquisition in its "
-                  "own series folder")
+                  f"({', '.join(ACQUISITION_TAGS)}) tells the acquisitions apart: put each acquisition in "
+                  "its own series folder")
         return [], [(m.relpath, reason) for m in members]
     tag, parts = split
     note = f"one of {len(parts)} acquisitions at the same slice positions in its series, told apart by {tag}"
