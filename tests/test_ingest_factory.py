@@ -72,7 +72,8 @@ def dicom_dataset(
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = uid.generate_uid(entropy_srcs=[series_uid, str(instance), sop_class])
+    ds.file_meta.MediaStorageSOPInstanceUID = uid.generate_uid(
+        entropy_srcs=[series_uid, str(instance), sop_class])  # one UID per object: copies share it
     ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID

@@ -1,6 +1,7 @@
 """Load any ingested item as a float32 channel-first array through MONAI's readers, and validate it.
 
-One entry point per use: ingest calls :func:`load_files` on what it found; later stages call
+One entry point per use: ingest and inference call :func:`read_item` (:func:`load_files`, with any
+reader failure on a damaged file as LoadError) on what they found; later stages call
 :func:`load_item` on a manifest row. Both return a float32 MONAI ``MetaTensor``, channel-first:
 (C, X, Y) for a 2D image or (C, X, Y, Z) for a volume, with ``.affine`` in RAS millimetres.
 Readers are passed to ``LoadImage`` explicitly, so a file that one reader rejects is never silently
