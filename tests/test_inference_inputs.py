@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_ingest_factory import phantom, write_series
+from test_ingest_factory import palette_dataset, phantom, save_dicom, write_series
 
 from pipeline.bundle.inference import DEMO_WARNING, LUMINANCE, model_provenance, predict, to_channels
 from pipeline.data.demo import MARKER
@@ -43,13 +43,16 @@ def test_a_colour_image_beside_grey_slices_is_converted_and_the_rest_still_predi
     Image.fromarray(grey).save(root / "grey.png")
     colour = np.stack([grey, grey[::-1], grey[:, ::-1]], axis=-1)
     Image.fromarray(colour).save(root / "colour.jpg", quality=95)
+    save_dicom(palette_dataset((phantom((32, 32), seed=4, high=255, dtype=np.uint8) // 64).astype(np.uint8)),
+               root / "palette.dcm")
     (root / "readme.txt").write_text("not an image")
     (root / "sub").mkdir()
     (root / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     result = _predict(network, root, tmp_path / "out")
     names = {item["input"]: item for item in result["inputs"]}
-    assert sorted(names) == ["colour.jpg", "grey.png", "series"]
-    assert names["colour.jpg"]["conversion"].startswith("RGB converted to grey")
+    assert sorted(names) == ["colour.jpg", "grey.png", "palette.dcm", "series"]
+    for converted in ("colour.jpg", "palette.dcm"):  # PALETTE COLOR: LUT to RGB, then luminance
+        assert names[converted]["conversion"].startswith("RGB converted to grey")
     assert "conversion" not in names["grey.png"] and names["series"]["kind"] == "volume"
     assert sorted(_rejected_csv(tmp_path / "out")) == ["readme.txt", "sub/broken.png"]
     assert sorted(r["input"] for r in result["rejected"]) == ["readme.txt", "sub/broken.png"]

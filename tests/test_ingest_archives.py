@@ -16,7 +16,16 @@ from PIL import Image
 from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.pixels import pack_bits
-from test_ingest_factory import dicom_dataset, phantom, rejected, run, save_dicom, write_series
+from test_ingest_factory import (
+    PALETTE,
+    dicom_dataset,
+    palette_dataset,
+    phantom,
+    rejected,
+    run,
+    save_dicom,
+    write_series,
+)
 
 from pipeline.data.ingest import SEG_ALONE
 from pipeline.data.loaders import load_item
@@ -140,12 +149,8 @@ def test_identical_pixels_under_two_patients_warn(tmp_path):
 def test_palette_color_is_read_as_rgb(tmp_path):
     root = tmp_path / "in"
     indices = (phantom((12, 10), seed=7, high=255, dtype=np.uint8) // 64).astype(np.uint8)  # 0..3
-    ds = dicom_dataset(indices, photometric="PALETTE COLOR")
-    lut = {"Red": [0, 65535, 0, 0], "Green": [0, 0, 65535, 0], "Blue": [0, 0, 0, 65535]}
-    for colour, values in lut.items():
-        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [4, 0, 16])
-        setattr(ds, f"{colour}PaletteColorLookupTableData", np.asarray(values, "<u2").tobytes())
-    save_dicom(ds, root / "glioma" / "palette.dcm")
+    save_dicom(palette_dataset(indices), root / "glioma" / "palette.dcm")
+    lut = PALETTE
     assert run(root, tmp_path / "out") == 0
     [row] = read_manifest(tmp_path / "out" / "manifest.csv")
     assert row.shape == (3, 10, 12) and row.photometric == "PALETTE COLOR"

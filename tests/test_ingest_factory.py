@@ -106,6 +106,19 @@ def dicom_dataset(
     return ds
 
 
+# A 4-entry 16-bit colour lookup table: index 0 black, 1 red, 2 green, 3 blue.
+PALETTE = {"Red": [0, 65535, 0, 0], "Green": [0, 0, 65535, 0], "Blue": [0, 0, 0, 65535]}
+
+
+def palette_dataset(indices: np.ndarray, series_uid: str = "1.2.826.0.1.3680043.10.1.7") -> Dataset:
+    """A PALETTE COLOR image of ``indices`` (uint8, 0..3) with the :data:`PALETTE` lookup tables."""
+    ds = dicom_dataset(indices, photometric="PALETTE COLOR", series_uid=series_uid)
+    for colour, values in PALETTE.items():
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [4, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", np.asarray(values, "<u2").tobytes())
+    return ds
+
+
 def _encode_frame(frame: np.ndarray, method: str, syntax: str) -> bytes:
     """One frame compressed with imagecodecs for the JPEG-family syntaxes pydicom cannot encode."""
     if method == "jpeg8":
