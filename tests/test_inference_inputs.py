@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_ingest_factory import palette_dataset, phantom, save_dicom, write_series
+from test_ingest_factory import palette_dataset, phantom, save_dicom, write_seg, write_series
 
 from pipeline.bundle.inference import DEMO_WARNING, LUMINANCE, model_provenance, predict, to_channels
 from pipeline.data.demo import MARKER
@@ -46,7 +46,7 @@ def test_a_colour_image_beside_grey_slices_is_converted_and_the_rest_still_predi
     save_dicom(palette_dataset((phantom((32, 32), seed=4, high=255, dtype=np.uint8) // 64).astype(np.uint8)),
                root / "palette.dcm")
     (root / "readme.txt").write_text("not an image")
-    (root / "sub").mkdir()
+    write_seg(root / "sub" / "seg.dcm", np.ones((2, 32, 32), bool), "1.2.826.0.1.99")
     (root / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     result = _predict(network, root, tmp_path / "out")
     names = {item["input"]: item for item in result["inputs"]}
@@ -54,8 +54,10 @@ def test_a_colour_image_beside_grey_slices_is_converted_and_the_rest_still_predi
     for converted in ("colour.jpg", "palette.dcm"):  # PALETTE COLOR: LUT to RGB, then luminance
         assert names[converted]["conversion"].startswith("RGB converted to grey")
     assert "conversion" not in names["grey.png"] and names["series"]["kind"] == "volume"
-    assert sorted(_rejected_csv(tmp_path / "out")) == ["readme.txt", "sub/broken.png"]
-    assert sorted(r["input"] for r in result["rejected"]) == ["readme.txt", "sub/broken.png"]
+    refused = _rejected_csv(tmp_path / "out")
+    assert sorted(refused) == ["readme.txt", "sub/broken.png", "sub/seg.dcm"]
+    assert refused["sub/seg.dcm"] == "DICOM SEG: a mask, not an image to classify"
+    assert sorted(r["input"] for r in result["rejected"]) == sorted(refused)
     with (tmp_path / "out" / "predictions.csv").open(newline="") as handle:
         assert {row["input"] for row in csv.DictReader(handle)} == set(names)
 

@@ -14,8 +14,6 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 from pydicom import uid
-from pydicom.dataset import Dataset
-from pydicom.pixels import pack_bits
 from test_ingest_factory import (
     PALETTE,
     dicom_dataset,
@@ -24,14 +22,13 @@ from test_ingest_factory import (
     rejected,
     run,
     save_dicom,
+    write_seg,
     write_series,
 )
 
 from pipeline.data.ingest import SEG_ALONE
 from pipeline.data.loaders import load_item
 from pipeline.data.manifest import read_manifest
-
-SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def _truncate(path: Path, keep: float = 0.6) -> Path:
@@ -159,51 +156,30 @@ def test_palette_color_is_read_as_rgb(tmp_path):
     np.testing.assert_array_equal(rgb, expected)
 
 
-def _seg(path: Path, mask: np.ndarray, series_uid: str) -> Path:
-    """A BINARY DICOM SEG (one segment) of ``mask`` (slices, rows, cols) at z = 3k mm, referencing a
-    series."""
-    ds = dicom_dataset(mask.astype(np.uint8), series_uid=series_uid + ".9", sop_class=SEG_CLASS,
-                       orientation=None)
-    ds.Modality = "SEG"
-    ds.SegmentationType = "BINARY"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
-    segment = Dataset()
-    segment.SegmentNumber, segment.SegmentLabel, segment.SegmentAlgorithmType = 1, "lesion", "MANUAL"
-    ds.SegmentSequence = [segment]
-    reference = Dataset()
-    reference.SeriesInstanceUID = series_uid
-    ds.ReferencedSeriesSequence = [reference]
-    shared, measures, plane = Dataset(), Dataset(), Dataset()
-    measures.PixelSpacing = [0.8, 0.6]
-    plane.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [plane]
-    ds.SharedFunctionalGroupsSequence = [shared]
-    frames = []
-    for k in range(len(mask)):
-        item, position = Dataset(), Dataset()
-        position.ImagePositionPatient = [0.0, 0.0, 3.0 * k]
-        item.PlanePositionSequence = [position]
-        frames.append(item)
-    ds.PerFrameFunctionalGroupsSequence = frames
-    del ds.PixelSpacing
-    ds.PixelData = pack_bits(mask.astype(np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_dicom_seg_is_the_mask_of_its_series_and_alone_is_rejected(tmp_path):
     root = tmp_path / "in"
     volume = phantom((4, 16, 16), seed=8)
     write_series(root / "glioma" / "case1", volume, series_uid="1.2.826.0.1.77")
     mask = np.zeros((4, 16, 16), bool)
     mask[1:3, 4:9, 5:12] = True
-    _seg(root / "glioma" / "seg" / "lesion.dcm", mask, "1.2.826.0.1.77")
-    _seg(root / "glioma" / "orphan" / "lesion.dcm", mask, "1.2.826.0.1.55")
+    write_seg(root / "glioma" / "seg" / "lesion.dcm", mask, "1.2.826.0.1.77")
+    write_seg(root / "glioma" / "orphan" / "lesion.dcm", mask, "1.2.826.0.1.55")
     assert run(root, tmp_path / "out") == 0
     [row] = read_manifest(tmp_path / "out" / "manifest.csv")
     assert row.mask == "glioma/seg/lesion.dcm" and row.shape == (1, 16, 16, 4)
     assert rejected(tmp_path / "out") == {"glioma/orphan/lesion.dcm": SEG_ALONE}
+
+
+def test_a_seg_that_does_not_fit_its_series_leaves_the_series_accepted(tmp_path):
+    root = tmp_path / "in"
+    write_series(root / "glioma" / "case1", phantom((4, 16, 16), seed=8), series_uid="1.2.826.0.1.78")
+    write_seg(root / "glioma" / "seg.dcm", np.ones((2, 16, 16), bool), "1.2.826.0.1.78")  # 2 of the 4 slices
+    assert run(root, tmp_path / "out") == 0
+    [row] = read_manifest(tmp_path / "out" / "manifest.csv")
+    assert row.mask == "" and row.shape == (1, 16, 16, 4)
+    [warning] = [w for w in row.warnings if w.startswith("DICOM SEG glioma/seg.dcm not used as the mask")]
+    assert "has shape (16, 16, 2)" in warning
+    assert rejected(tmp_path / "out") == {"glioma/seg.dcm": warning}
 
 
 def _png_claiming(path: Path, width: int, height: int) -> Path:
@@ -258,7 +234,7 @@ def test_every_file_of_a_messy_tree_is_accepted_or_rejected_under_its_own_path(t
     (root / "notumor" / "empty.png").write_bytes(b"")
     volume = nib.Nifti1Image(phantom((16, 16, 6)).astype(np.float32), np.eye(4))
     nib.save(volume, root / "pituitary" / "v.nii.gz")
-    _seg(root / "pituitary" / "seg.dcm", np.ones((2, 16, 16), bool), "1.2.826.0.1.404")
+    write_seg(root / "pituitary" / "seg.dcm", np.ones((2, 16, 16), bool), "1.2.826.0.1.404")
     (root / ".hidden_file").write_text("skipped by design")
     out = tmp_path / "out"
     assert run(root, out) == 0

@@ -29,6 +29,7 @@ from pipeline.data.parallel import map_in_order, one_torch_thread
 from pipeline.data.privacy import DEMO_SALT, SALT_ENV, resolve_salt, salted_hash
 
 NO_PATIENT = "no patient id: the item counts as its own patient"
+SEG_UNUSED = "DICOM SEG {path} not used as the mask"
 SEG_ALONE = ("DICOM SEG without its image: the series it references is not among the accepted inputs "
              "(a SEG is used as the mask of that series, never as an image)")
 
@@ -235,9 +236,15 @@ def build_row(root: Path, candidate: Candidate, source: LabelSource, salt: str,
         raise NoLabel(f"label '{info.label}' is not in --classes ({', '.join(classes)})")
     image = read_item(candidate.dicom or [f.path for f in candidate.found], candidate.format)
     mask = info.mask or candidate.mask
-    if mask:
-        _check_mask(root, mask, tuple(image.shape[1:]))
     notes = list(candidate.notes)
+    try:
+        if mask:
+            _check_mask(root, mask, tuple(image.shape[1:]))
+    except ValueError as err:
+        if mask != candidate.mask:
+            raise  # a mask the labels name must fit
+        notes.append(f"{SEG_UNUSED.format(path=mask)}: {err}")  # the image is good without its SEG
+        mask = ""
     if candidate.dicom:
         geometry = stack_geometry(candidate.dicom)
         notes += geometry.warnings
@@ -351,7 +358,10 @@ def ingest(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...] 
         if len(candidate.found) > 1:
             result.files[row.id] = files
     used = {row.mask for row in result.rows}
-    result.rejected += [(path, SEG_ALONE) for path in masks.values() if path not in used]
+    unfit = {w.split(": ", 1)[0]: w for row in result.rows for w in row.warnings
+             if w.startswith("DICOM SEG ")}
+    result.rejected += [(path, unfit.get(SEG_UNUSED.format(path=path), SEG_ALONE))
+                        for path in masks.values() if path not in used]
     result.rejected += source.missing(root)
     result.rows.sort(key=lambda r: (r.path, r.id))
     result.rejected.sort()
