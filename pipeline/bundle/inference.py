@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,9 @@ from monai.visualize import GradCAM
 from torch import nn
 
 from pipeline.data.demo import MARKER as DEMO_MARKER
-from pipeline.data.dicom import DicomError, check_stackable
+from pipeline.data.dicom import DicomError
 from pipeline.data.discovery import Found, Unreadable, classify, walk
-from pipeline.data.ingest import Candidate, deduplicate, group_dicom
+from pipeline.data.ingest import Candidate, group_dicom, screen_dicom
 from pipeline.data.loaders import LoadError, kind_of, read_item
 from pipeline.data.manifest import MANIFEST_NAME, input_root
 from pipeline.data.slices import SkipItem, SliceSettings, image_slice, volume_slices
@@ -46,6 +45,7 @@ REJECTIONS = (Unreadable, LoadError, DicomError, SkipItem)
 LUMINANCE = (0.299, 0.587, 0.114)
 LUMINANCE_NOTE = ("RGB converted to grey for a 1-channel model: 0.299 R + 0.587 G + 0.114 B "
                   "(ITU-R BT.601 luma)")
+SEG_NOT_IMAGE = "DICOM SEG: a mask, not an image to classify"
 DEMO_WARNING = ("this model was trained on the synthetic demo cohort: its predictions on real images mean "
                 "nothing")
 
@@ -85,28 +85,19 @@ def find_inputs(path: str | Path) -> tuple[list[InputItem], list[tuple[str, str]
     files = list(walk(root, set())) if path.is_dir() else [path]
     found: list[Found] = []
     rejected: list[tuple[str, str]] = []
-    dropped: Counter[str] = Counter()
     for file in files:
         try:
-            item = classify(file, root)
-            if item.dicom is not None:
-                if item.dicom.segmentation:
-                    raise Unreadable("DICOM SEG: a mask, not an image to classify")
-                try:
-                    check_stackable([item.dicom])
-                except DicomError as error:
-                    dropped[item.dicom.series_uid] += 1
-                    raise Unreadable(str(error)) from error
-            found.append(item)
+            found.append(classify(file, root))
         except Unreadable as error:
             rejected.append((file.relative_to(root).as_posix(), str(error)))
-    dicom, duplicates = deduplicate([f for f in found if f.dicom is not None])
+    dicom, segmentations, screened, dropped = screen_dicom(found)
+    rejected += screened + [(f.relpath, SEG_NOT_IMAGE) for f in segmentations]
     candidates, refused = group_dicom(dicom, dropped)
     candidates += [Candidate(f.relpath, f.format, [f]) for f in found if f.dicom is None]
     candidates.sort(key=lambda c: c.relpath)
     items = [InputItem(name, c.format, tuple(f.path for f in c.found))
              for name, c in zip(_names(candidates, root), candidates, strict=True)]
-    return sorted(items, key=lambda item: item.name), sorted(rejected + duplicates + refused)
+    return sorted(items, key=lambda item: item.name), sorted(rejected + refused)
 
 
 def to_channels(array: np.ndarray, in_channels: int) -> tuple[np.ndarray, str]:

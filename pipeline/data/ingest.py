@@ -78,6 +78,25 @@ def _regular_stack(files: list[DicomFile]) -> str:
     return ""
 
 
+def screen_dicom(found: list[Found]) -> tuple[list[Found], list[Found], list[tuple[str, str]], Counter[str]]:
+    """The DICOM files among ``found``, each checked on its own before series are assembled: (images, one
+    file per SOP instance; DICOM SEGs; rejected rows; files rejected per SeriesInstanceUID). A file is
+    rejected for no pixel data, pixel data that does not decode, or being a copy of a kept instance."""
+    images, segmentations, rejected, dropped = [], [], [], Counter[str]()
+    for item in (f for f in found if f.dicom is not None):
+        if item.dicom.segmentation:
+            segmentations.append(item)
+            continue
+        try:
+            check_stackable([item.dicom])
+            images.append(item)
+        except DicomError as err:
+            rejected.append((item.relpath, str(err)))
+            dropped[item.dicom.series_uid] += 1
+    images, duplicates = deduplicate(images)
+    return images, segmentations, rejected + duplicates, dropped
+
+
 def deduplicate(found: list[Found]) -> tuple[list[Found], list[tuple[str, str]]]:
     """One file per SOPInstanceUID (files whose pixel data decodes only): the shortest path, then the first
     in path order; the other copies as rejected rows ``duplicate of <kept path>``. Input order is kept."""
@@ -322,19 +341,8 @@ def ingest(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...] 
             result.rejected.append((path.relative_to(root).as_posix(), str(outcome)))
         else:
             found.append(outcome)
-    dicom, segmentations, dropped = [], [], Counter[str]()
-    for item in (f for f in found if f.dicom is not None):
-        if item.dicom.segmentation:
-            segmentations.append(item)
-            continue
-        try:
-            check_stackable([item.dicom])
-            dicom.append(item)
-        except DicomError as err:
-            result.rejected.append((item.relpath, str(err)))
-            dropped[item.dicom.series_uid] += 1
-    dicom, duplicates = deduplicate(dicom)
-    result.rejected += duplicates
+    dicom, segmentations, refused, dropped = screen_dicom(found)
+    result.rejected += refused
     candidates = [Candidate(f.relpath, f.format, [f]) for f in found if f.dicom is None]
     series, refused = group_dicom(dicom, dropped)
     candidates += series
