@@ -136,11 +136,16 @@ def test_identical_pixels_under_two_patients_warn(tmp_path):
     image = phantom((20, 20), seed=6)
     save_dicom(dicom_dataset(image, series_uid="1.2.3.1", patient_id="P1"), root / "glioma" / "one.dcm")
     save_dicom(dicom_dataset(image, series_uid="1.2.3.2", patient_id="P2"), root / "glioma" / "two.dcm")
+    blank = np.zeros((20, 20), np.uint16)  # blank images of two patients are alike by nature: no warning
+    save_dicom(dicom_dataset(blank, series_uid="1.2.3.3", patient_id="P1"), root / "glioma" / "blank1.dcm")
+    save_dicom(dicom_dataset(blank, series_uid="1.2.3.4", patient_id="P2"), root / "glioma" / "blank2.dcm")
     assert run(root, tmp_path / "out") == 0
-    rows = read_manifest(tmp_path / "out" / "manifest.csv")
-    assert len(rows) == 2
-    for row, other in zip(rows, ("glioma/two.dcm", "glioma/one.dcm"), strict=True):
-        assert any(f"pixel data identical to {other} of another patient" in w for w in row.warnings)
+    rows = {row.path: row for row in read_manifest(tmp_path / "out" / "manifest.csv")}
+    assert len(rows) == 4
+    for path, other in (("glioma/one.dcm", "glioma/two.dcm"), ("glioma/two.dcm", "glioma/one.dcm")):
+        assert any(f"pixel data identical to {other} of another patient" in w for w in rows[path].warnings)
+    assert not any("identical" in w for path in ("glioma/blank1.dcm", "glioma/blank2.dcm")
+                   for w in rows[path].warnings)
 
 
 def test_palette_color_is_read_as_rgb(tmp_path):

@@ -31,7 +31,7 @@ from monai.data.utils import orientation_ras_lps
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+SEG_SOP_CLASS = pydicom.uid.SegmentationStorage
 # Tags that tell apart two acquisitions stored under one SeriesInstanceUID at the same slice positions.
 ACQUISITION_TAGS = ("AcquisitionNumber", "EchoNumbers", "TemporalPositionIdentifier", "TriggerTime")
 GAP_TOLERANCE = 0.01  # relative difference in slice gaps (and in the SpacingBetweenSlices tag) that warns
@@ -173,7 +173,7 @@ def read_header(path: str | Path, max_voxels: int = 0) -> DicomFile:
 
     With ``max_voxels`` > 0 the pixel data is decoded once as well, unless the header claims more values
     than that: a file that does not decode (or is too large) gets the reason in ``pixel_error``, so it can
-    be rejected on its own; one that decodes gets a ``pixel_digest``.
+    be rejected on its own; one that decodes gets a ``pixel_digest`` (unless all its values are equal).
     """
     path = Path(path)
     with _quiet_pydicom():
@@ -242,6 +242,8 @@ def _checked(header: DicomFile, ds: Dataset, max_voxels: int) -> DicomFile:
     if pixels.size != expected:
         return dataclasses.replace(header, pixel_error=f"pixel data holds {pixels.size} values, header says "
                                    f"{header.frames}x{header.rows}x{header.columns}x{header.samples}")
+    if pixels.size == 0 or pixels.min() == pixels.max():
+        return header  # a blank image says nothing about who it belongs to: no digest to compare
     return dataclasses.replace(header, pixel_digest=hashlib.sha256(pixels.tobytes()).hexdigest())
 
 
