@@ -1,7 +1,9 @@
 """`python -m pipeline ingest`: find the images under a folder, label them, write manifest and rejected CSVs.
 
-The walk (:mod:`pipeline.data.discovery`) recognises files by content; DICOM files are grouped into series
-and stacked along the slice normal (:mod:`pipeline.data.dicom`); every item is read once through MONAI
+The walk (:mod:`pipeline.data.discovery`) recognises files by content and decodes each DICOM file's pixel
+data once; files that do not decode and copies of one SOP instance are rejected one by one
+(:func:`screen_dicom`) before the rest are grouped into series (split by acquisition where needed) and
+stacked along the slice normal (:mod:`pipeline.data.dicom`); every item is read once through MONAI
 (:mod:`pipeline.data.loaders`) to record its shape and spacing and to reject unusable data; labels come from
 the detected layout (:mod:`pipeline.data.labels`). Input files are only ever read. Patient identifiers are
 replaced by salted hashes (:mod:`pipeline.data.privacy`) and never printed.
