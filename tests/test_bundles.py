@@ -205,6 +205,7 @@ def _check_inference(trained: dict) -> None:
     )
     assert [r["input"] for r in result["rejected"]] == ["notes.txt"]
     assert len(list((out / "gradcam").glob("*.png"))) == len(rows)
+    assert result["model"]["checkpoint"] == "model.pt" and len(result["model"]["checkpoint_sha256"]) == 64
 
 
 def _check_baseline_has_no_distillation_token(trained: dict) -> None:

@@ -105,7 +105,8 @@ def test_each_bad_input_is_rejected_with_its_reason_and_inputs_untouched(tmp_pat
         "unlabelled.png": "no label: the file is not inside a <class>/ folder",
         "c/other_class.png": "label 'c' is not in --classes (a, b)",
         "b/gone.png": "does not exist (broken link?)",
-        "b/dup": "duplicate slice positions (1 repeated)",
+        "b/dup/IM0": "same slice position and no tag",
+        "b/dup/IM1": "same slice position and no tag",
     }
     assert set(reasons) == set(expected)
     for path, reason in expected.items():

@@ -13,6 +13,7 @@ import numpy as np
 from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.pixels import pack_bits
 
 from pipeline.data import ingest
 
@@ -72,7 +73,8 @@ def dicom_dataset(
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = uid.generate_uid(entropy_srcs=[series_uid, str(instance)])
+    ds.file_meta.MediaStorageSOPInstanceUID = uid.generate_uid(
+        entropy_srcs=[series_uid, str(instance), sop_class])  # one UID per object: copies share it
     ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
@@ -102,6 +104,19 @@ def dicom_dataset(
     if spacing_between is not None:
         ds.SpacingBetweenSlices = spacing_between
     ds.PixelData = np.ascontiguousarray(frames).tobytes()
+    return ds
+
+
+# A 4-entry 16-bit colour lookup table: index 0 black, 1 red, 2 green, 3 blue.
+PALETTE = {"Red": [0, 65535, 0, 0], "Green": [0, 0, 65535, 0], "Blue": [0, 0, 0, 65535]}
+
+
+def palette_dataset(indices: np.ndarray, series_uid: str = "1.2.826.0.1.3680043.10.1.7") -> Dataset:
+    """A PALETTE COLOR image of ``indices`` (uint8, 0..3) with the :data:`PALETTE` lookup tables."""
+    ds = dicom_dataset(indices, photometric="PALETTE COLOR", series_uid=series_uid)
+    for colour, values in PALETTE.items():
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [4, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", np.asarray(values, "<u2").tobytes())
     return ds
 
 
@@ -186,6 +201,39 @@ def enhanced_multiframe(path: Path, volume: np.ndarray, positions: Sequence[floa
         per_frame.append(item)
     ds.PerFrameFunctionalGroupsSequence = per_frame
     return save_dicom(ds, path)
+
+
+def write_seg(path: Path, mask: np.ndarray, series_uid: str) -> Path:
+    """A BINARY DICOM SEG (one segment) of ``mask`` (slices, rows, cols) at z = 3k mm, referencing a
+    series."""
+    ds = dicom_dataset(mask.astype(np.uint8), series_uid=series_uid + ".9", sop_class=uid.SegmentationStorage,
+                       orientation=None)
+    ds.Modality = "SEG"
+    ds.SegmentationType = "BINARY"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
+    segment = Dataset()
+    segment.SegmentNumber, segment.SegmentLabel, segment.SegmentAlgorithmType = 1, "lesion", "MANUAL"
+    ds.SegmentSequence = [segment]
+    reference = Dataset()
+    reference.SeriesInstanceUID = series_uid
+    ds.ReferencedSeriesSequence = [reference]
+    shared, measures, plane = Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing = [0.8, 0.6]
+    plane.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [plane]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for k in range(len(mask)):
+        item, position = Dataset(), Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, 3.0 * k]
+        item.PlanePositionSequence = [position]
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    del ds.PixelSpacing
+    ds.PixelData = pack_bits(mask.astype(np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def write_nifti(path: Path, volume: np.ndarray, *, version: int = 1, big_endian: bool = False,

@@ -77,7 +77,8 @@ def test_labels_csv_keyed_by_series_uid_outside_the_input(tmp_path):
     _write_csv(table, ["series_uid", "label"], [["1.2.826.0.1.3680043.10.3.1", "x"]])
     assert run(root, tmp_path / "out", "--labels", str(table)) == 0
     assert [(r.path, r.label) for r in read_manifest(tmp_path / "out" / "manifest.csv")] == [("s1", "x")]
-    assert rejected(tmp_path / "out") == {"s2": "no label: not listed in the labels CSV (by 'series_uid')"}
+    reason = "no label: not listed in the labels CSV (by 'series_uid')"
+    assert rejected(tmp_path / "out") == {"s2/IM0": reason, "s2/IM1": reason}  # one row per file
 
 
 def test_malformed_labels_csv_is_a_clear_error(tmp_path, capsys):

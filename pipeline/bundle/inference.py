@@ -10,6 +10,7 @@ the mean of their probabilities), ``rejected.csv`` and, optionally, Grad-CAM ove
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import tempfile
@@ -25,9 +26,12 @@ from monai.data import DataLoader, Dataset
 from monai.visualize import GradCAM
 from torch import nn
 
+from pipeline.data.demo import MARKER as DEMO_MARKER
 from pipeline.data.dicom import DicomError
-from pipeline.data.discovery import Unreadable, classify, walk
-from pipeline.data.loaders import LoadError, kind_of, load_files
+from pipeline.data.discovery import Found, Unreadable, classify, walk
+from pipeline.data.ingest import Candidate, group_dicom, screen_dicom
+from pipeline.data.loaders import LoadError, kind_of, read_item
+from pipeline.data.manifest import MANIFEST_NAME, input_root
 from pipeline.data.slices import SkipItem, SliceSettings, image_slice, volume_slices
 from pipeline.data.transforms import eval_transforms
 from pipeline.evaluate.plots import safe_name
@@ -36,57 +40,118 @@ logger = logging.getLogger(__name__)
 REJECTIONS = (Unreadable, LoadError, DicomError, SkipItem)
 
 
+# ITU-R BT.601 luma weights (PIL's RGB -> L conversion): how a colour image becomes a grey one for a
+# 1-channel model; the conversion is recorded per input in predictions.json.
+LUMINANCE = (0.299, 0.587, 0.114)
+LUMINANCE_NOTE = ("RGB converted to grey for a 1-channel model: 0.299 R + 0.587 G + 0.114 B "
+                  "(ITU-R BT.601 luma)")
+SEG_NOT_IMAGE = "DICOM SEG: a mask, not an image to classify"
+DEMO_WARNING = ("this model was trained on the synthetic demo cohort: its predictions on real images mean "
+                "nothing")
+
+
 @dataclass(frozen=True)
 class InputItem:
     """One image or volume to classify: its name (path relative to the input root; a DICOM series is
-    its folder, numbered when a folder holds several), format and files."""
+    its folder, numbered when a folder holds several; the input folder's own name when it is the series
+    folder), format and files."""
 
     name: str
     format: str
     files: tuple[Path, ...]
 
 
+def _names(candidates: list[Candidate], root: Path) -> list[str]:
+    """Display names of candidates: relative path (the root folder's own name for ``.``), with the
+    acquisition of a split series, numbered when one folder holds several series."""
+    seen: dict[str, int] = {}
+    names = []
+    for candidate in candidates:
+        name = root.name if candidate.relpath == "." else candidate.relpath
+        name += f"#{candidate.part}" if candidate.part else ""
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#series{seen[name]}")
+    return names
+
+
 def find_inputs(path: str | Path) -> tuple[list[InputItem], list[tuple[str, str]]]:
-    """The items under ``path`` (a file or a folder; DICOM files grouped by series) and the files that
-    are not images, as (relative path, reason). FileNotFoundError when ``path`` does not exist."""
+    """The items under ``path`` (a file or a folder; DICOM files validated one by one, de-duplicated and
+    grouped by series as ingest does) and the files that cannot be used, as (relative path, reason).
+    FileNotFoundError when ``path`` does not exist."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--input {path} does not exist")
     root = path if path.is_dir() else path.parent
     files = list(walk(root, set())) if path.is_dir() else [path]
-    items: list[InputItem] = []
-    series: dict[str, list[Path]] = {}
-    series_folder: dict[str, str] = {}
+    found: list[Found] = []
     rejected: list[tuple[str, str]] = []
     for file in files:
         try:
-            found = classify(file, root)
+            found.append(classify(file, root))
         except Unreadable as error:
             rejected.append((file.relative_to(root).as_posix(), str(error)))
-            continue
-        if found.dicom is None:
-            items.append(InputItem(found.relpath, found.format, (file,)))
-            continue
-        uid = found.dicom.series_uid
-        series.setdefault(uid, []).append(file)
-        series_folder.setdefault(uid, Path(found.relpath).parent.as_posix())
-    per_folder: dict[str, int] = {}
-    for uid, members in series.items():
-        folder = series_folder[uid]
-        per_folder[folder] = per_folder.get(folder, 0) + 1
-        name = folder if per_folder[folder] == 1 else f"{folder}#series{per_folder[folder]}"
-        items.append(InputItem(name, "dicom", tuple(members)))
-    return sorted(items, key=lambda item: item.name), rejected
+    dicom, segmentations, screened, dropped = screen_dicom(found)
+    rejected += screened + [(f.relpath, SEG_NOT_IMAGE) for f in segmentations]
+    candidates, refused = group_dicom(dicom, dropped)
+    candidates += [Candidate(f.relpath, f.format, [f]) for f in found if f.dicom is None]
+    candidates.sort(key=lambda c: c.relpath)
+    items = [InputItem(name, c.format, tuple(f.path for f in c.found))
+             for name, c in zip(_names(candidates, root), candidates, strict=True)]
+    return sorted(items, key=lambda item: item.name), sorted(rejected + refused)
+
+
+def to_channels(array: np.ndarray, in_channels: int) -> tuple[np.ndarray, str]:
+    """A (C, H, W) slice with the model's channel count, and how it was converted ("" when it was not):
+    grey is repeated by the evaluation transforms; RGB becomes grey by :data:`LUMINANCE` for a 1-channel
+    model. SkipItem for any other channel count."""
+    if array.shape[0] == in_channels or array.shape[0] == 1:
+        return array, ""
+    if array.shape[0] == 3 and in_channels == 1:
+        grey = np.tensordot(np.asarray(LUMINANCE, dtype=np.float32), array, axes=1)[None]
+        return grey.astype(np.float32), LUMINANCE_NOTE
+    raise SkipItem(f"{array.shape[0]} channels and the model takes {in_channels}: no conversion defined")
 
 
 def item_slices(item: InputItem, settings: SliceSettings) -> tuple[str, list[tuple[int, np.ndarray]]]:
     """("volume" or "image", [(slice index, (C, H, W) float32 in [0, 1])]) of ``item``: the central tissue
     slices of a volume, the image itself otherwise (the ``slices`` stage's processing)."""
-    image = load_files(item.files, item.format)
+    image = read_item(item.files, item.format)
     kind = kind_of(image)
     if kind == "volume":
         return kind, list(volume_slices(image, None, "", settings))
     return kind, [(0, image_slice(image, settings))]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_provenance(ckpt_path: str | Path, bundle: str, profile: str, training_ingest: str | Path) -> dict:
+    """What the model is, for predictions.json: checkpoint file and SHA-256, bundle, network profile and
+    the training data, told from the ingest output the bundle trains on (``ingest.json``): whether its
+    input folder is the synthetic demo cohort (it holds the demo marker file)."""
+    info_path = Path(training_ingest)
+    if info_path.is_file():
+        demo_cohort = (input_root(info_path.parent / MANIFEST_NAME) / DEMO_MARKER).is_file()
+        training_data = "synthetic demo cohort" if demo_cohort else "user cohort (not the demo)"
+    else:
+        demo_cohort, training_data = None, f"unknown: no {info_path.name} at {info_path.parent}"
+    provenance = {
+        "checkpoint": Path(ckpt_path).name,
+        "checkpoint_sha256": file_sha256(ckpt_path),
+        "bundle": bundle,
+        "profile": profile,
+        "trained_on_demo": demo_cohort,
+        "training_data": training_data,
+    }
+    if demo_cohort:
+        provenance["warning"] = DEMO_WARNING
+    return provenance
 
 
 def _save_overlay(image: np.ndarray, cam: np.ndarray, path: Path, title: str) -> None:
@@ -113,12 +178,15 @@ def predict(
     slices_per_volume: int = 5,
     gradcam: bool = False,
     gradcam_layer: str = "stages.2",
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Classify every image / volume under ``input_path`` with ``network`` (logits out) and write the
-    outputs to ``output_dir``; returns the content of predictions.json.
+    outputs to ``output_dir``; returns the content of predictions.json, which carries ``provenance``
+    (:func:`model_provenance`) as ``model``.
 
-    A single input file that cannot be used, or a folder without one usable image, is a ValueError naming
-    the file(s) and the reason; unusable files in a folder are listed in rejected.csv.
+    Every input that cannot be used (unreadable, not an image, a channel count the model cannot take) is a
+    row of rejected.csv and the others are still classified; only when nothing is usable is it a ValueError
+    naming the files and reasons. Colour images for a 1-channel model are converted by :data:`LUMINANCE`.
     """
     if input_path is None:
         raise ValueError(
@@ -134,15 +202,15 @@ def predict(
         for index, item in enumerate(items):
             try:
                 kind, slices = item_slices(item, settings)
+                converted = [to_channels(array, in_channels) for _, array in slices]
             except REJECTIONS as error:
                 rejected.append((item.name, str(error)))
                 continue
-            for z, array in slices:
+            for (z, _), (array, conversion) in zip(slices, converted, strict=True):
                 file = Path(scratch) / f"{index}_{z}.npy"
                 np.save(file, array)
-                records.append(
-                    {"image": str(file), "input": item.name, "format": item.format, "slice": z, "kind": kind}
-                )
+                records.append({"image": str(file), "input": item.name, "format": item.format, "slice": z,
+                                "kind": kind, "conversion": conversion})
         if not records:
             reasons = "; ".join(f"{name}: {reason}" for name, reason in rejected[:5]) or "no files"
             raise ValueError(f"no usable image in {input_path}: {reasons}")
@@ -157,7 +225,9 @@ def predict(
             gradcam,
             gradcam_layer,
         )
-    result = _write(output, names, records, probs, rejected)
+    result = _write(output, names, records, probs, rejected, provenance or {})
+    if result["model"].get("warning"):
+        logger.warning("%s", result["model"]["warning"])
     if gradcam:
         folder = output / "gradcam"
         folder.mkdir(exist_ok=True)
@@ -166,7 +236,7 @@ def predict(
             _save_overlay(
                 image,
                 cam,
-                folder / f"{safe_name(record['input'])}_slice{record['slice']}.png",
+                folder / f"{safe_name(record['input']).lstrip('.') or 'input'}_slice{record['slice']}.png",
                 f"{record['input']} [{record['slice']}]: {label} {prob.max():.2f}",
             )
     logger.info(
@@ -200,12 +270,17 @@ def _run(
     probs, cams = [], []
     for batch in loader:
         x = torch.as_tensor(batch["image"]).to(device)
-        with torch.no_grad():
-            probs.append(torch.softmax(network(x).float(), dim=1).cpu())
+        probs.append(forward(network, x))
         if cam is not None:
             maps = cam(x).detach().cpu().numpy()[:, 0]
             cams += [(image[0], heat) for image, heat in zip(x.detach().cpu().numpy(), maps, strict=True)]
     return torch.cat(probs).numpy(), cams
+
+
+def forward(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Softmax class probabilities (on the CPU) of one batch: the only place the model runs."""
+    with torch.no_grad():
+        return torch.softmax(network(x).float(), dim=1).cpu()
 
 
 def _write(
@@ -214,6 +289,7 @@ def _write(
     records: list[dict[str, Any]],
     probs: np.ndarray,
     rejected: list[tuple[str, str]],
+    provenance: dict[str, Any],
 ) -> dict[str, Any]:
     """predictions.csv, predictions.json and rejected.csv; returns the JSON content."""
     columns = [f"prob_{safe_name(name)}" for name in names]
@@ -235,9 +311,11 @@ def _write(
                 "slices": [records[i]["slice"] for i in rows],
                 "mean_probs": {label: float(p) for label, p in zip(names, mean, strict=True)},
                 "predicted": names[int(mean.argmax())],
+                **({"conversion": first["conversion"]} if first["conversion"] else {}),
             }
         )
     result = {
+        "model": provenance,
         "class_names": names,
         "inputs": inputs,
         "rejected": [{"input": name, "reason": reason} for name, reason in rejected],

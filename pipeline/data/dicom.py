@@ -15,7 +15,9 @@ affine in RAS millimetres.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +29,11 @@ import pydicom.config
 from monai.data import PydicomReader
 from monai.data.utils import orientation_ras_lps
 from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut
 
+SEG_SOP_CLASS = pydicom.uid.SegmentationStorage
+# Tags that tell apart two acquisitions stored under one SeriesInstanceUID at the same slice positions.
+ACQUISITION_TAGS = ("AcquisitionNumber", "EchoNumbers", "TemporalPositionIdentifier", "TriggerTime")
 GAP_TOLERANCE = 0.01  # relative difference in slice gaps (and in the SpacingBetweenSlices tag) that warns
 POSITION_TOLERANCE_MM = 1e-3
 
@@ -66,11 +72,31 @@ class DicomFile:
     rescale: tuple[float, float] | None
     frame_rescale: tuple[tuple[float, float], ...] | None
     patient_id: str = field(repr=False, default="")
+    sop_uid: str = ""
+    acquisition: tuple[tuple[str, str], ...] = ()
+    referenced_series: tuple[str, ...] = ()
+    pixel_digest: str = ""
+    pixel_error: str = ""
 
     @property
     def monochrome1(self) -> bool:
         """True when low stored values mean white (the image must be inverted)."""
         return self.photometric == "MONOCHROME1"
+
+    @property
+    def palette(self) -> bool:
+        """True for PALETTE COLOR: stored values index a colour lookup table (decoded to RGB)."""
+        return self.photometric == "PALETTE COLOR"
+
+    @property
+    def channels(self) -> int:
+        """Channels of the decoded image (3 for PALETTE COLOR, else SamplesPerPixel)."""
+        return 3 if self.palette else self.samples
+
+    @property
+    def segmentation(self) -> bool:
+        """True for a DICOM SEG: a mask of another series, never an image of its own."""
+        return self.sop_class == SEG_SOP_CLASS
 
 
 @contextlib.contextmanager
@@ -142,8 +168,13 @@ def _geometry_tags(ds: Dataset, frames: int) -> tuple:
     return orientation, positions, spacing, (between[0] if between else None), rescale
 
 
-def read_header(path: str | Path) -> DicomFile:
-    """Summarise one file's DICOM header; DicomError when it is not a parseable DICOM dataset."""
+def read_header(path: str | Path, max_voxels: int = 0) -> DicomFile:
+    """Summarise one file's DICOM header; DicomError when it is not a parseable DICOM dataset.
+
+    With ``max_voxels`` > 0 the pixel data is decoded once as well, unless the header claims more values
+    than that: a file that does not decode (or is too large) gets the reason in ``pixel_error``, so it can
+    be rejected on its own; one that decodes gets a ``pixel_digest`` (unless all its values are equal).
+    """
     path = Path(path)
     with _quiet_pydicom():
         try:
@@ -153,7 +184,7 @@ def read_header(path: str | Path) -> DicomFile:
             frames = int(ds.get("NumberOfFrames") or 1)
             orientation, positions, spacing, between, rescale = _geometry_tags(ds, frames)
             syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-            return DicomFile(
+            header = DicomFile(
                 path=path,
                 sop_class=str(ds.get("SOPClassUID", "")),
                 series_uid=str(ds.get("SeriesInstanceUID", "")),
@@ -177,12 +208,56 @@ def read_header(path: str | Path) -> DicomFile:
                 if "RescaleSlope" in ds or "RescaleIntercept" in ds else None,
                 frame_rescale=rescale,
                 patient_id=str(ds.get("PatientID", "") or "").strip(),
+                sop_uid=str(ds.get("SOPInstanceUID", "")),
+                acquisition=tuple((t, str(ds.get(t))) for t in ACQUISITION_TAGS
+                                  if ds.get(t) not in (None, "")),
+                referenced_series=_referenced_series(ds),
             )
         except DicomError:
             raise
         except Exception as err:  # pydicom raises many types for truncated or corrupt files
             reason = f"corrupt or truncated DICOM: header cannot be parsed ({type(err).__name__})"
             raise DicomError(reason) from err
+        if max_voxels and header.has_pixels:
+            return _checked(header, ds, max_voxels)
+        return header
+
+
+def _referenced_series(ds: Dataset) -> tuple[str, ...]:
+    """SeriesInstanceUIDs a DICOM SEG refers to (ReferencedSeriesSequence), empty for other objects."""
+    if str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS:
+        return ()
+    return tuple(str(item.get("SeriesInstanceUID", "")) for item in ds.get("ReferencedSeriesSequence", []))
+
+
+def _checked(header: DicomFile, ds: Dataset, max_voxels: int) -> DicomFile:
+    """``header`` with the outcome of decoding the pixel data of ``ds``: a digest, or the error."""
+    expected = header.frames * header.rows * header.columns * header.samples
+    if expected > max_voxels:
+        return dataclasses.replace(header, pixel_error=too_large(expected, max_voxels))
+    try:
+        pixels = np.ascontiguousarray(ds.pixel_array)
+    except Exception as err:  # decoders raise many types; the file is unusable either way
+        return dataclasses.replace(header, pixel_error=_decode_error(header, err))
+    if pixels.size != expected:
+        return dataclasses.replace(header, pixel_error=f"pixel data holds {pixels.size} values, header says "
+                                   f"{header.frames}x{header.rows}x{header.columns}x{header.samples}")
+    if pixels.size == 0 or pixels.min() == pixels.max():
+        return header  # a blank image says nothing about who it belongs to: no digest to compare
+    return dataclasses.replace(header, pixel_digest=hashlib.sha256(pixels.tobytes()).hexdigest())
+
+
+def too_large(values: int, max_voxels: int) -> str:
+    """The rejection reason for a header that claims more values than the limit (checked before reading)."""
+    return (f"header claims {values:,} values, more than the limit of {max_voxels:,} (ingest --max-voxels): "
+            "refused before reading the data")
+
+
+def _decode_error(item: DicomFile, err: Exception) -> str:
+    """The rejection reason for pixel data that does not decode."""
+    detail = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
+    codec = f", or no decoder installed for {item.transfer_syntax}" if item.compressed else ""
+    return f"truncated or corrupt pixel data{codec} ({detail})"
 
 
 def _looks_like_dicom(ds: Dataset) -> bool:
@@ -283,15 +358,21 @@ def _decode(item: DicomFile) -> np.ndarray:
     reader = _reader()
     with _quiet_pydicom():
         try:
-            pixels = np.asarray(reader.get_data(reader.read(str(item.path)))[0], dtype=np.float32)
+            if item.segmentation:  # MONAI re-arranges SEG frames by segment; keep them stored, ordered here
+                dataset = pydicom.dcmread(item.path)
+                pixels = np.asarray(dataset.pixel_array, dtype=np.float32)
+            else:
+                dataset = reader.read(str(item.path))
+                pixels = np.asarray(reader.get_data(dataset)[0], dtype=np.float32)
         except Exception as err:  # decoders raise many types; the file is unusable either way
-            detail = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
-            codec = f", or no decoder installed for {item.transfer_syntax}" if item.compressed else ""
-            raise DicomError(f"truncated or corrupt pixel data{codec} ({detail})") from err
+            raise DicomError(_decode_error(item, err)) from err
     expected = (item.frames, item.rows, item.columns, item.samples)
     if pixels.size != int(np.prod(expected)):
         raise DicomError(f"pixel data holds {pixels.size} values, header says {'x'.join(map(str, expected))}")
     pixels = pixels.reshape(expected)
+    if item.palette:  # the stored values are indices into the file's colour lookup tables
+        with _quiet_pydicom():
+            return np.asarray(apply_color_lut(pixels[..., 0].astype(np.uint16), dataset), dtype=np.float32)
     slopes = np.ones(item.frames, np.float32)
     intercepts = np.zeros(item.frames, np.float32)
     if item.frame_rescale:  # enhanced multi-frame: MONAI only applies the top-level tags
@@ -309,11 +390,13 @@ def _decode(item: DicomFile) -> np.ndarray:
 def check_stackable(files: Sequence[DicomFile]) -> None:
     """DicomError unless the files can form one image: pixels present, one matrix size and sample count."""
     for item in files:
+        if item.pixel_error:
+            raise DicomError(item.pixel_error)
         if not item.has_pixels:
             raise DicomError(f"DICOM without pixel data ({sop_name(item.sop_class)}): not an image")
         if item.rows * item.columns * item.frames == 0:
             raise DicomError("zero-size image (Rows or Columns is 0)")
-    sizes = {(f.rows, f.columns, f.samples) for f in files}
+    sizes = {(f.rows, f.columns, f.channels) for f in files}
     if len(sizes) > 1:
         raise DicomError(f"files of one series differ in size or samples per pixel: {sorted(sizes)}")
 

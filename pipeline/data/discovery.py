@@ -11,12 +11,17 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.dicom import DicomError, DicomFile, read_header
+import nibabel
+import numpy as np
+from PIL import Image
+
+from pipeline.data.dicom import DicomError, DicomFile, read_header, too_large
 
 SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -25,6 +30,10 @@ SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"MM\x00*", "tiff"),
     (b"BM", "bmp"),
 )
+# Most values (voxels x channels) one input file may claim in its header; larger files are rejected before
+# their data is read (a damaged or hostile header could otherwise ask for terabytes). 2**28 float32 values
+# are 1 GiB. Ingest's --max-voxels overrides it.
+MAX_VOXELS = 2**28
 NIFTI_HEADERS = {348: (344, (b"n+1\x00", b"ni1\x00")), 540: (4, (b"n+2\x00", b"ni2\x00"))}
 
 
@@ -77,8 +86,26 @@ def sniff_format(path: Path) -> str | None:
     return next((fmt for magic, fmt in SIGNATURES if head.startswith(magic)), None)
 
 
-def classify(path: Path, root: Path) -> Found:
-    """What ``path`` holds; Unreadable (with the reason) when it cannot be read or is not an image."""
+def claimed_values(path: Path, fmt: str) -> int:
+    """How many values the header of a NIfTI or 2D image says it holds (read from the header only); 0 when
+    the header cannot be parsed (the loader then says why)."""
+    try:
+        if fmt == "nifti":
+            return int(np.prod(nibabel.load(path).header.get_data_shape(), dtype=np.int64))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.width * image.height * len(image.getbands())
+    except Image.DecompressionBombError:
+        return np.iinfo(np.int64).max  # PIL's own limit refuses it: larger than any sensible setting
+    except Exception:  # nibabel and PIL raise many types for damaged headers; the loader reports them
+        return 0
+
+
+def classify(path: Path, root: Path, max_voxels: int = MAX_VOXELS) -> Found:
+    """What ``path`` holds; Unreadable (with the reason) when it cannot be read, is not an image or its
+    header claims more than ``max_voxels`` values. DICOM pixel data is decoded once here, so a file that
+    does not decode is known before series are assembled (``DicomFile.pixel_error``)."""
     relpath = path.relative_to(root).as_posix()
     try:
         fmt = sniff_format(path)
@@ -89,9 +116,12 @@ def classify(path: Path, root: Path) -> Found:
     except OSError as err:
         raise Unreadable(f"cannot read file: {err.strerror or type(err).__name__}") from err
     if fmt not in (None, "dicom"):
+        values = claimed_values(path, fmt)
+        if values > max_voxels:
+            raise Unreadable(too_large(values, max_voxels))
         return Found(relpath, path, fmt)
     try:
-        return Found(relpath, path, "dicom", read_header(path))
+        return Found(relpath, path, "dicom", read_header(path, max_voxels))
     except DicomError as err:
         if fmt == "dicom":
             raise Unreadable(str(err)) from err

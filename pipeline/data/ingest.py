@@ -1,7 +1,9 @@
 """`python -m pipeline ingest`: find the images under a folder, label them, write manifest and rejected CSVs.
 
-The walk (:mod:`pipeline.data.discovery`) recognises files by content; DICOM files are grouped into series
-and stacked along the slice normal (:mod:`pipeline.data.dicom`); every item is read once through MONAI
+The walk (:mod:`pipeline.data.discovery`) recognises files by content and decodes each DICOM file's pixel
+data once; files that do not decode and copies of one SOP instance are rejected one by one
+(:func:`screen_dicom`) before the rest are grouped into series (split by acquisition where needed) and
+stacked along the slice normal (:mod:`pipeline.data.dicom`); every item is read once through MONAI
 (:mod:`pipeline.data.loaders`) to record its shape and spacing and to reject unusable data; labels come from
 the detected layout (:mod:`pipeline.data.labels`). Input files are only ever read. Patient identifiers are
 replaced by salted hashes (:mod:`pipeline.data.privacy`) and never printed.
@@ -14,22 +16,24 @@ import functools
 import os
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data.dicom import DicomError, DicomFile, check_stackable, stack_geometry
-from pipeline.data.discovery import Found, Unreadable, classify, walk
+from pipeline.data.dicom import ACQUISITION_TAGS, DicomError, DicomFile, check_stackable, stack_geometry
+from pipeline.data.discovery import MAX_VOXELS, Found, Unreadable, classify, walk
 from pipeline.data.labels import ItemKey, LabelSource, NoLabel, detect_layout
-from pipeline.data.loaders import LoadError, kind_of, load_files, load_mask, spacing_of
+from pipeline.data.loaders import kind_of, load_mask, read_item, spacing_of
 from pipeline.data.manifest import MANIFEST_NAME, REJECTED_NAME, ManifestRow, write_outputs
 from pipeline.data.parallel import map_in_order, one_torch_thread
 from pipeline.data.privacy import DEMO_SALT, SALT_ENV, resolve_salt, salted_hash
 
 NO_PATIENT = "no patient id: the item counts as its own patient"
+SEG_UNUSED = "DICOM SEG {path} not used as the mask"
+SEG_ALONE = ("DICOM SEG without its image: the series it references is not among the accepted inputs "
+             "(a SEG is used as the mask of that series, never as an image)")
 
 
 @dataclass
@@ -41,6 +45,8 @@ class Candidate:
     found: list[Found]
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # slice order, once known
+    part: str = ""  # which acquisition of a series split in several (e.g. "EchoNumbers=2"), else empty
+    mask: str = ""  # a DICOM SEG referencing the candidate's series (relative path), else empty
 
     @property
     def dicom(self) -> list[DicomFile]:
@@ -74,24 +80,147 @@ def _regular_stack(files: list[DicomFile]) -> str:
     return ""
 
 
-def group_dicom(found: list[Found]) -> Iterable[Candidate]:
-    """DICOM files as items: one per multi-frame file, one per regular single-frame series, else per file."""
+def screen_dicom(found: list[Found]) -> tuple[list[Found], list[Found], list[tuple[str, str]], Counter[str]]:
+    """The DICOM files among ``found``, each checked on its own before series are assembled: (images, one
+    file per SOP instance; DICOM SEGs; rejected rows; files rejected per SeriesInstanceUID). A file is
+    rejected for no pixel data, pixel data that does not decode, or being a copy of a kept instance."""
+    images, segmentations, rejected, dropped = [], [], [], Counter[str]()
+    for item in (f for f in found if f.dicom is not None):
+        if item.dicom.segmentation:
+            segmentations.append(item)
+            continue
+        try:
+            check_stackable([item.dicom])
+            images.append(item)
+        except DicomError as err:
+            rejected.append((item.relpath, str(err)))
+            dropped[item.dicom.series_uid] += 1
+    images, duplicates = deduplicate(images)
+    return images, segmentations, rejected + duplicates, dropped
+
+
+def deduplicate(found: list[Found]) -> tuple[list[Found], list[tuple[str, str]]]:
+    """One file per SOPInstanceUID (files whose pixel data decodes only): the shortest path, then the first
+    in path order; the other copies as rejected rows ``duplicate of <kept path>``. Input order is kept."""
+    copies: dict[str, list[Found]] = defaultdict(list)
+    for item in found:
+        copies[item.dicom.sop_uid or f"file:{item.relpath}"].append(item)  # type: ignore[union-attr]
+    rejected = []
+    for same in copies.values():
+        kept, *others = sorted(same, key=lambda f: (len(f.relpath), f.relpath))
+        rejected += [(o.relpath, f"duplicate of {kept.relpath} (same SOPInstanceUID)") for o in others]
+    dropped = {path for path, _ in rejected}
+    return [f for f in found if f.relpath not in dropped], rejected
+
+
+def _has_duplicate_positions(members: list[Found]) -> bool:
+    """True when two of the single-frame files sit at the same slice position."""
+    try:
+        stack_geometry([m.dicom for m in members])  # type: ignore[misc]
+    except DicomError:
+        return True
+    return False
+
+
+def _acquisitions(members: list[Found]) -> tuple[str, dict[str, list[Found]]] | None:
+    """Files of one series at repeated positions split by the first of ``ACQUISITION_TAGS`` that leaves
+    each part a stack of several files without repeats: (tag, {value: files}); None when no tag does."""
+    for tag in ACQUISITION_TAGS:
+        parts: dict[str, list[Found]] = defaultdict(list)
+        for member in members:
+            parts[dict(member.dicom.acquisition).get(tag, "")].append(member)  # type: ignore[union-attr]
+        if len(parts) > 1 and all(len(p) > 1 and not _has_duplicate_positions(p) for p in parts.values()):
+            return tag, dict(sorted(parts.items()))
+    return None
+
+
+def _stacks(members: list[Found], folder: str) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """A regular single-frame series as one candidate, or one per acquisition when several share its slice
+    positions; every file rejected with the reason when nothing tells the acquisitions apart."""
+    if not _has_duplicate_positions(members):
+        return [Candidate(folder, "dicom", members)], []
+    split = _acquisitions(members)
+    if split is None:
+        reason = (f"its series has files at the same slice position and no tag "
+                  f"({', '.join(ACQUISITION_TAGS)}) tells the acquisitions apart: put each acquisition in "
+                  "its own series folder")
+        return [], [(m.relpath, reason) for m in members]
+    tag, parts = split
+    note = f"one of {len(parts)} acquisitions at the same slice positions in its series, told apart by {tag}"
+    return [Candidate(folder, "dicom", part, [f"{note}: {tag} {value}"], part=f"{tag}={value}")
+            for value, part in parts.items()], []
+
+
+def group_dicom(found: list[Found], dropped: Counter[str] | None = None
+                ) -> tuple[list[Candidate], list[tuple[str, str]]]:
+    """DICOM files as items: one per multi-frame file, one per regular single-frame series (one per
+    acquisition when several share a series), else one per file; and the files rejected while grouping.
+    ``dropped`` counts per SeriesInstanceUID the files already rejected (noted on what is left)."""
     series: dict[str, list[Found]] = defaultdict(list)
     for item in found:
         series[item.dicom.series_uid or f"file:{item.relpath}"].append(item)  # type: ignore[union-attr]
-    for members in series.values():
+    candidates: list[Candidate] = []
+    rejected: list[tuple[str, str]] = []
+    for uid, members in series.items():
         single = [m for m in members if m.dicom.frames == 1]  # type: ignore[union-attr]
-        for multi in (m for m in members if m.dicom.frames > 1):  # type: ignore[union-attr]
-            yield Candidate(multi.relpath, "dicom", [multi])
+        candidates += [Candidate(m.relpath, "dicom", [m]) for m in members if m.dicom.frames > 1]  # type: ignore[union-attr]
         if len(single) > 1:
             why_not = _regular_stack([m.dicom for m in single])  # type: ignore[misc]
             if not why_not:
-                yield Candidate(_folder_of(single), "dicom", single)
+                stacks, refused = _stacks(single, _folder_of(single))
+                if dropped and dropped[uid]:
+                    for stack in stacks:
+                        stack.notes.append(f"{dropped[uid]} file(s) of its series rejected (see "
+                                           "rejected.csv); the volume is built from the rest")
+                candidates += stacks
+                rejected += refused
                 continue
             note = f"its series is not one 3D stack ({why_not}): each file taken as a 2D image"
-            yield from (Candidate(m.relpath, "dicom", [m], [note]) for m in single)
+            candidates += [Candidate(m.relpath, "dicom", [m], [note]) for m in single]
         elif single:
-            yield Candidate(single[0].relpath, "dicom", single)
+            candidates.append(Candidate(single[0].relpath, "dicom", single))
+    return candidates, rejected
+
+
+def _patient_of(item: Found) -> str:
+    """The raw PatientID of a DICOM file, or the file itself when it has none (compared, never written)."""
+    return item.dicom.patient_id or f"file:{item.relpath}"  # type: ignore[union-attr]
+
+
+def _same_pixels_notes(candidates: list[Candidate]) -> None:
+    """Add a warning to candidates holding pixel data identical to a file of another patient (the same image
+    under two patients would sit on both sides of a patient-level split)."""
+    owners: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for candidate in candidates:
+        for item in candidate.found:
+            if item.dicom is not None and item.dicom.pixel_digest:
+                owners[item.dicom.pixel_digest].append((_patient_of(item), item.relpath))
+    for candidate in candidates:
+        others = sorted({path for item in candidate.found
+                         if item.dicom is not None and item.dicom.pixel_digest
+                         for patient, path in owners[item.dicom.pixel_digest]
+                         if patient != _patient_of(item)})
+        if others:
+            candidate.notes.append(f"pixel data identical to {', '.join(others[:3])} of another patient (a "
+                                   "leak between splits if both are used): check for a re-identified copy")
+
+
+def _segmentations(found: list[Found]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """DICOM SEG files as {referenced SeriesInstanceUID: SEG path} (first SEG by path for each series) and
+    the SEGs refused (no referenced series, or a second SEG for one series)."""
+    masks: dict[str, str] = {}
+    rejected = []
+    for item in sorted(found, key=lambda f: f.relpath):
+        references = item.dicom.referenced_series  # type: ignore[union-attr]
+        if len(references) != 1:
+            rejected.append((item.relpath, f"DICOM SEG referencing {len(references)} series: a SEG is used "
+                             "as the mask of exactly one series"))
+        elif references[0] in masks:
+            rejected.append((item.relpath, f"a second DICOM SEG for one series; {masks[references[0]]} is "
+                             "used"))
+        else:
+            masks[references[0]] = item.relpath
+    return masks, rejected
 
 
 def _item_key(candidate: Candidate) -> ItemKey:
@@ -126,17 +255,17 @@ def build_row(root: Path, candidate: Candidate, source: LabelSource, salt: str,
     info = source.lookup(key)
     if classes is not None and info.label not in classes:
         raise NoLabel(f"label '{info.label}' is not in --classes ({', '.join(classes)})")
-    try:
-        image = load_files(candidate.dicom or [f.path for f in candidate.found], candidate.format)
-    except (DicomError, LoadError):
-        raise
-    except Exception as err:  # nibabel, PIL, gzip and MONAI raise many types for a damaged file; go on
-        first_line = (str(err).splitlines() or [""])[0][:200]
-        raise ValueError(f"cannot read {candidate.format} (damaged or truncated?): "
-                         f"{type(err).__name__}: {first_line}") from err
-    if info.mask:
-        _check_mask(root, info.mask, tuple(image.shape[1:]))
+    image = read_item(candidate.dicom or [f.path for f in candidate.found], candidate.format)
+    mask = info.mask or candidate.mask
     notes = list(candidate.notes)
+    try:
+        if mask:
+            _check_mask(root, mask, tuple(image.shape[1:]))
+    except ValueError as err:
+        if mask != candidate.mask:
+            raise  # a mask the labels name must fit
+        notes.append(f"{SEG_UNUSED.format(path=mask)}: {err}")  # the image is good without its SEG
+        mask = ""
     if candidate.dicom:
         geometry = stack_geometry(candidate.dicom)
         notes += geometry.warnings
@@ -147,7 +276,8 @@ def build_row(root: Path, candidate: Candidate, source: LabelSource, salt: str,
         patient = f"item:{candidate.relpath}"
     header = candidate.dicom[0] if candidate.dicom else None
     return ManifestRow(
-        id=salted_hash(f"item:{candidate.relpath}|{key.series_uid}", salt),
+        id=salted_hash(f"item:{candidate.relpath}|{key.series_uid}" + (f"|{candidate.part}" if candidate.part
+                                                                       else ""), salt),
         path=candidate.relpath,
         kind=kind_of(image),
         format=candidate.format,
@@ -158,7 +288,7 @@ def build_row(root: Path, candidate: Candidate, source: LabelSource, salt: str,
         spacing=spacing_of(image),
         given_split=info.given_split,
         warnings=tuple(notes),
-        mask=info.mask,
+        mask=mask,
         **_pixel_facts(candidate.dicom),
     )
 
@@ -176,10 +306,10 @@ def _pixel_facts(headers: list[DicomFile]) -> dict[str, str]:
     }
 
 
-def _classified(root: Path, path: Path) -> Found | Unreadable:
+def _classified(root: Path, max_voxels: int, path: Path) -> Found | Unreadable:
     """What ``path`` holds, or why it cannot be used (returned, so worker processes can report it)."""
     try:
-        return classify(path, root)
+        return classify(path, root, max_voxels)
     except Unreadable as err:
         return err
 
@@ -194,42 +324,54 @@ def _loaded(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...]
 
 
 def ingest(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...] | None,
-           progress: bool = True, workers: int = 0) -> Result:
-    """Walk ``root`` and return the accepted rows, rejected inputs and multi-file item lists; ``workers``
-    > 0 reads the files in that many processes (the result is the same)."""
+           progress: bool = True, workers: int = 0, max_voxels: int = MAX_VOXELS) -> Result:
+    """Walk ``root`` and return the accepted rows, rejected inputs (one row per file) and multi-file item
+    lists; ``workers`` > 0 reads the files in that many processes (the result is the same).
+
+    Order of checks: every file is classified by content and DICOM pixel data decoded once (a file that
+    does not decode, or whose header claims more than ``max_voxels`` values, is rejected on its own); DICOM
+    copies of one SOP instance are reduced to one; series are assembled from what is left."""
     result = Result()
     found: list[Found] = []
     paths = list(walk(root, source.skip))
     headers = map_in_order(
-        functools.partial(_classified, root), paths, workers, chunksize=16, initializer=one_torch_thread
-    )
+        functools.partial(_classified, root, max_voxels), paths, workers, chunksize=16,
+        initializer=one_torch_thread)
     for path, outcome in zip(paths, tqdm(headers, total=len(paths), desc="reading headers", unit="file",
                                          disable=not progress), strict=True):
         if isinstance(outcome, Unreadable):
             result.rejected.append((path.relative_to(root).as_posix(), str(outcome)))
         else:
             found.append(outcome)
-    dicom = []
-    for item in (f for f in found if f.dicom is not None):
-        try:
-            check_stackable([item.dicom])
-            dicom.append(item)
-        except DicomError as err:
-            result.rejected.append((item.relpath, str(err)))
+    dicom, segmentations, refused, dropped = screen_dicom(found)
+    result.rejected += refused
     candidates = [Candidate(f.relpath, f.format, [f]) for f in found if f.dicom is None]
-    candidates += group_dicom(dicom)
+    series, refused = group_dicom(dicom, dropped)
+    candidates += series
+    result.rejected += refused
+    _same_pixels_notes(candidates)
+    masks, refused = _segmentations(segmentations)
+    result.rejected += refused
+    for candidate in candidates:
+        if candidate.dicom and (len(candidate.found) > 1 or candidate.dicom[0].frames > 1):
+            candidate.mask = masks.get(candidate.dicom[0].series_uid, "")
     candidates.sort(key=lambda c: c.relpath)
     load = functools.partial(_loaded, root, source, salt, classes)
     rows = map_in_order(load, candidates, workers, initializer=one_torch_thread)
     for candidate, outcome in zip(candidates, tqdm(rows, total=len(candidates), desc="loading", unit="item",
                                                    disable=not progress), strict=True):
         if isinstance(outcome, str):
-            result.rejected.append((candidate.relpath, outcome))
+            result.rejected += [(f.relpath, outcome) for f in candidate.found]
             continue
         row, files = outcome
         result.rows.append(row)
         if len(candidate.found) > 1:
             result.files[row.id] = files
+    used = {row.mask for row in result.rows}
+    unfit = {w.split(": ", 1)[0]: w for row in result.rows for w in row.warnings
+             if w.startswith("DICOM SEG ")}
+    result.rejected += [(path, unfit.get(SEG_UNUSED.format(path=path), SEG_ALONE))
+                        for path in masks.values() if path not in used]
     result.rejected += source.missing(root)
     result.rows.sort(key=lambda r: (r.path, r.id))
     result.rejected.sort()
@@ -243,7 +385,11 @@ DESCRIPTION = (
     "series file lists for later stages). Labels come from, in this order: --labels, INPUT/labels.csv, "
     "HAM10000_metadata.csv (HAM10000 layout, lesion_id is the patient), Training/ and Testing/ class folders "
     "(Kaggle Brain Tumor MRI, kept as given_split), or INPUT/<class>/ folders. Input files are never "
-    "modified; hidden files and folders are skipped. Exit status: 0 when at least one item is accepted, 2 "
+    "modified; hidden files and folders are skipped. Every other file is either part of an accepted item or "
+    "has its own row in rejected.csv: DICOM files whose pixel data does not decode are rejected one by one "
+    "before series are assembled, copies of one SOPInstanceUID are kept once, two acquisitions in one series "
+    "are split by AcquisitionNumber / EchoNumbers / TemporalPositionIdentifier / TriggerTime, and a DICOM "
+    "SEG becomes the mask of the series it references. Exit status: 0 when at least one item is accepted, 2 "
     "when none is (or on a usage error), 1 with --strict when anything is rejected."
 )
 LABELS_HELP = (
@@ -273,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=0,
                         help="read the files in this many processes (default 0: in this process); the "
                         "outputs are the same")
+    parser.add_argument("--max-voxels", type=int, default=MAX_VOXELS,
+                        help="reject a file whose header claims more values (voxels x channels) than this, "
+                        f"before reading its data (default {MAX_VOXELS:,} = 1 GiB as float32)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     return parser
 
@@ -317,7 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"ingest: error: {err}", file=sys.stderr)
         return 2
-    result = ingest(root, source, salt, classes, progress=not args.no_progress, workers=args.workers)
+    if args.max_voxels < 1:
+        print(f"ingest: error: --max-voxels must be >= 1, got {args.max_voxels}", file=sys.stderr)
+        return 2
+    result = ingest(root, source, salt, classes, progress=not args.no_progress, workers=args.workers,
+                    max_voxels=args.max_voxels)
     info = {"input_root": _relative_root(root, output), "layout": source.name, "demo_salt": demo_salt,
             "classes": sorted({row.label for row in result.rows}), "files": result.files}
     write_outputs(output, result.rows, result.rejected, info)

@@ -1,6 +1,7 @@
 """Load any ingested item as a float32 channel-first array through MONAI's readers, and validate it.
 
-One entry point per use: ingest calls :func:`load_files` on what it found; later stages call
+One entry point per use: ingest and inference call :func:`read_item` (:func:`load_files`, with any
+reader failure on a damaged file as LoadError) on what they found; later stages call
 :func:`load_item` on a manifest row. Both return a float32 MONAI ``MetaTensor``, channel-first:
 (C, X, Y) for a 2D image or (C, X, Y, Z) for a volume, with ``.affine`` in RAS millimetres.
 Readers are passed to ``LoadImage`` explicitly, so a file that one reader rejects is never silently
@@ -23,7 +24,7 @@ from monai.data.utils import affine_to_spacing
 from monai.transforms import LoadImage
 from PIL import Image
 
-from pipeline.data.dicom import DicomFile, load_series
+from pipeline.data.dicom import DicomError, DicomFile, load_series
 from pipeline.data.discovery import sniff_format
 from pipeline.data.manifest import ManifestRow, item_files
 
@@ -109,6 +110,19 @@ def load_files(files: Sequence[str | os.PathLike | DicomFile], fmt: str) -> Meta
     if fmt in IMAGE_FORMATS:
         return _validate(_load_2d(paths[0]), f"{fmt.upper()} image")
     raise LoadError(f"unknown format '{fmt}' (expected one of {FORMATS})")
+
+
+def read_item(files: Sequence[str | os.PathLike | DicomFile], fmt: str) -> MetaTensor:
+    """:func:`load_files` for untrusted inputs: any reader failure on a damaged file becomes a LoadError
+    naming the format and the error (nibabel, PIL, gzip and MONAI raise many types)."""
+    try:
+        return load_files(files, fmt)
+    except (DicomError, LoadError):
+        raise
+    except Exception as err:  # a damaged file: say so and go on with the other inputs
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        raise LoadError(f"cannot read {fmt} (damaged or truncated?): {type(err).__name__}: "
+                        f"{first_line}") from err
 
 
 def load_item(manifest_path: str | os.PathLike, row: ManifestRow) -> MetaTensor:

@@ -13,7 +13,8 @@ Ingest writes three files into its output folder:
   ``warnings`` (`` | ``-joined, empty if none), ``mask`` (mask file relative to the input root, or empty);
   for DICOM also ``transfer_syntax``, ``rescale`` (``slope,intercept`` applied by the loader, ``varies``
   when slices differ) and ``photometric`` (``MONOCHROME1`` items are inverted by the loader).
-- ``rejected.csv``: ``path``, ``reason`` for every input ingest could not use.
+- ``rejected.csv``: ``path``, ``reason``: one row per input file ingest could not use (each file of a
+  rejected series on its own row); a DICOM SEG used as a series' mask is that row's ``mask``.
 - ``ingest.json``: ``input_root`` (relative to the manifest's folder, absolute only when no relative path
   exists), ``layout``, ``demo_salt`` and ``files``: for items made of several files (DICOM series) the
   files relative to the input root, in slice order.
