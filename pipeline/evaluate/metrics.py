@@ -246,12 +246,28 @@ def _point_metrics(labels: np.ndarray, probs: np.ndarray) -> tuple[dict[str, flo
     return point, cm, aucs
 
 
-def _units(groups: np.ndarray | None, n: int) -> tuple[np.ndarray, int, str]:
-    """The bootstrap unit index of each sample, the number of units and their kind."""
+def _bootstrap_units(
+    groups: np.ndarray | None, n: int, n_bootstrap: int, seed: int, ci: float
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The bootstrap unit index of each sample and the description of the bootstrap (method, level,
+    resamples, unit kind and count, seed); ValueError for a bad ``ci`` or negative ``n_bootstrap``."""
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
     if groups is None:
-        return np.arange(n), n, "sample"
-    _, units = np.unique(groups, return_inverse=True)
-    return units, int(units.max()) + 1, "group"
+        units, unit_name = np.arange(n), "sample"
+    else:
+        units, unit_name = np.unique(groups, return_inverse=True)[1], "group"
+    description = {
+        "method": "percentile",
+        "level": ci,
+        "n_resamples": n_bootstrap,
+        "unit": unit_name,
+        "n_units": int(units.max()) + 1,
+        "seed": seed,
+    }
+    return units, description
 
 
 def paired_difference(
@@ -276,11 +292,10 @@ def paired_difference(
     """
     labels, probs, groups = _validate(labels, probs, class_names, groups)
     _, reference_probs, _ = _validate(labels, reference_probs, class_names, groups)
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must be in (0, 1), got {ci}")
     if n_bootstrap < 1:
         raise ValueError(f"n_bootstrap must be >= 1 for a paired interval, got {n_bootstrap}")
-    units, n_units, unit_name = _units(groups, len(labels))
+    units, bootstrap = _bootstrap_units(groups, len(labels), n_bootstrap, seed, ci)
+    n_units = bootstrap["n_units"]
     point, _, _ = _point_metrics(labels, probs)
     reference_point, _, _ = _point_metrics(labels, reference_probs)
     # the same seed, unit count and chunking give both models the same resamples
@@ -289,14 +304,7 @@ def paired_difference(
     result: dict[str, Any] = {
         "n": len(labels),
         "n_groups": None if groups is None else n_units,
-        "bootstrap": {
-            "method": "percentile",
-            "level": ci,
-            "n_resamples": n_bootstrap,
-            "unit": unit_name,
-            "n_units": n_units,
-            "seed": seed,
-        },
+        "bootstrap": bootstrap,
     }
     for name in PAIRED:
         differences = samples[name] - reference_samples[name]
@@ -331,14 +339,11 @@ def classification_report(
     ``n_bootstrap=0`` skips the intervals. Undefined values (see the module docstring) are None.
     """
     labels, probs, groups = _validate(labels, probs, class_names, groups)
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must be in (0, 1), got {ci}")
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    units, bootstrap = _bootstrap_units(groups, len(labels), n_bootstrap, seed, ci)
+    n_units = bootstrap["n_units"]
     point, cm, aucs = _point_metrics(labels, probs)
     per_class_cm = confusion_metrics(cm)
     calib_sums = _calibration_sums(labels, probs)
-    units, n_units, unit_name = _units(groups, len(labels))
     report: dict[str, Any] = {
         "n": len(labels),
         "n_groups": None if groups is None else n_units,
@@ -356,15 +361,7 @@ def classification_report(
         "confusion_matrix": cm.tolist(),
         "calibration": calibration_table(calib_sums),
         "ci": {},
-        "bootstrap": {
-            "method": "percentile",
-            "level": ci,
-            "n_resamples": n_bootstrap,
-            "unit": unit_name,
-            "n_units": n_units,
-            "seed": seed,
-            "undefined": {},
-        },
+        "bootstrap": {**bootstrap, "undefined": {}},
     }
     if n_bootstrap == 0:
         return report
