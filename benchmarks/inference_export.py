@@ -4,9 +4,10 @@
 
 The student (distillation token on, 224 px, 3 channels, 4 classes, random weights: speed does not depend
 on them) runs through each ``pipeline.engines`` engine installed here (torch float32 eager, torch bf16
-autocast, ONNX Runtime float32 and int8, OpenVINO float32 when installed) and TorchScript; ONNX files go
-to a temporary folder, int8 is calibrated on 32 random images (the pipeline calibrates on training
-slices; speed does not depend on the ranges). Each engine x batch size gets one warm-up call, then timed
+autocast where bf16 is native, ONNX Runtime float32 and int8, OpenVINO float32 when installed) and
+TorchScript; ONNX files go to a temporary folder, int8 is calibrated on 32 random images (the pipeline
+calibrates on training slices; speed does not depend on the ranges). With ``OMP_WAIT_POLICY=PASSIVE``
+ONNX Runtime's threads do not spin either. Each engine x batch size gets one warm-up call, then timed
 calls for at least ``--seconds``; printed as images/s, the speed-up over torch float32 eager at the same
 batch size, and the top-1 agreement / largest probability change against torch float32 on that batch.
 Then ``pipeline.engines.select_engine`` chooses for batch 16 with a fresh cache, as bundle inference does.
@@ -30,6 +31,7 @@ from pipeline.engines import (
     DEFAULT_MIN_AGREEMENT,
     TORCH_FP32,
     Runner,
+    auto_candidates,
     available_engines,
     build_runner,
     compare,
@@ -43,11 +45,11 @@ IMAGE_SIZE, CHANNELS = 224, 3
 TORCHSCRIPT = "TorchScript"
 
 
-def runners(network: torch.nn.Module, folder: Path) -> dict[str, Runner]:
-    """Every engine installed here, and TorchScript, for ``network``."""
+def runners(network: torch.nn.Module, folder: Path, names: tuple[str, ...]) -> dict[str, Runner]:
+    """Engines ``names``, and TorchScript, for ``network``."""
     shape = (CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
     calibration = torch.rand(32, *shape, generator=torch.Generator().manual_seed(1)).numpy()
-    engines = {name: build_runner(name, network, shape, folder, calibration) for name in available_engines()}
+    engines = {name: build_runner(name, network, shape, folder, calibration) for name in names}
     script = torch.jit.load(str(export_torchscript(network, folder / "student.ts", IMAGE_SIZE, CHANNELS)))
     engines[TORCHSCRIPT] = build_runner(TORCH_FP32, script, shape, folder)
     return engines
@@ -58,6 +60,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine")
     parser.add_argument("--seconds", type=float, default=5.0, help="minimum timed seconds per measurement")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes (16 is needed)")
+    parser.add_argument(
+        "--all-engines",
+        action="store_true",
+        help="also time torch-bf16 where bf16 is emulated (tens of times slower than float32 there)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(cpu_report().summary())
@@ -70,7 +77,10 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     best = {}
     with tempfile.TemporaryDirectory() as folder:
-        engines = runners(network, Path(folder))
+        names = available_engines() if args.all_engines else auto_candidates()
+        if len(names) < len(available_engines()):
+            print("torch-bf16 not timed: bf16 is emulated on this CPU (--all-engines times it)")
+        engines = runners(network, Path(folder), names)
         header = f"{'images/s':>9} {'vs eager':>9} {'top-1 agree':>11} {'max dp':>8}"
         print(f"{'engine':<18} {'batch':>5} {header}")
         for size in args.batches:
