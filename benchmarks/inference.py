@@ -28,7 +28,7 @@ from torch import nn
 
 from pipeline.device import cpu_report
 from pipeline.engines import ENGINES as ENGINE_NAMES
-from pipeline.engines import available_engines, build_runner, seconds_per_call
+from pipeline.engines import auto_candidates, build_runner, seconds_per_call
 from pipeline.networks import build_network
 from pipeline.networks.flops import forward_flops
 
@@ -134,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=None,
         choices=sorted(ENGINES),
-        help="default: every engine installed here, and torch-fp32-channels_last",
+        help="default: every engine installed here (torch-bf16 only where bf16 is native), and "
+        "torch-fp32-channels_last",
     )
     parser.add_argument("--image-size", type=int, default=224, help="default 224 (the published size)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    engines = args.engines or [*available_engines("cpu"), "torch-fp32-channels_last"]
+    engines = args.engines or [*auto_candidates("cpu"), "torch-fp32-channels_last"]
     started = time.perf_counter()
     load = os.getloadavg()[0]
     before = peaks(min(args.seconds, 3.0))
