@@ -32,6 +32,7 @@ from pipeline.data.discovery import MAX_VOXELS, sniff_format, walk
 from pipeline.data.manifest import read_manifest
 from pipeline.data.slices import SliceSettings, extract_slices
 from pipeline.data.transforms import train_transforms
+from pipeline.device import cpu_report
 from pipeline.networks import build_network
 
 CLASSES = ["glioma", "meningioma", "pituitary", "notumor"]
@@ -178,6 +179,7 @@ def main() -> None:
         help="time only the loader, on this existing split CSV (demo classes)",
     )
     args = parser.parse_args()
+    print(cpu_report().summary())
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as temporary:

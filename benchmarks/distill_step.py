@@ -1,10 +1,13 @@
 """Time one HDKD training step (forward + backward + optimizer step) of the published networks.
 
 Compares, in one run with the variants alternating: our DistillationTrainer step (one teacher pass +
-one student pass; plain NCHW and channels_last), the published code's step that re-runs stage prefixes
-(tests/naive_distill.py), and our CE-only student step (no teacher). Batch 16, 224 px, 3 channels,
-4 classes, 2 threads; the median over ``--rounds`` rounds after one untimed warm-up round. Also
-reports how far a bfloat16-autocast teacher moves the loss terms from the float32 teacher.
+one student pass; plain NCHW and channels_last; the teacher under bf16 autocast where the CPU computes
+bf16 natively, as the pipeline's ``runtime.teacher_precision: auto`` does), the published code's step
+that re-runs stage prefixes (tests/naive_distill.py), and our CE-only student step (no teacher). Batch 16,
+224 px, 3 channels, 4 classes, 2 threads; the median over ``--rounds`` rounds after one untimed warm-up
+round. Prints the CPU report, this machine's float32 and bf16 matmul peak measured in the same run, each
+step's useful GFLOP/s (teacher forward + 3x student forward per image: forward and backward) as a
+fraction of those peaks, and how far a bfloat16-autocast teacher moves the loss terms from float32.
 
 The LAST line is ``ratio=<ours/naive>`` (ours = channels_last unless ``--no-channels-last``).
 Run from the repository root: ``python benchmarks/distill_step.py``.
@@ -24,10 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared naive reference
 
+from inference import peaks  # the matmul peak, from benchmarks/inference.py next to this script
 from naive_distill import naive_loss
 
+from pipeline.device import cpu_report, use_bf16
 from pipeline.distill import DistillationTrainer, HDKDLoss
 from pipeline.networks import build_network
+from pipeline.networks.flops import forward_flops
 
 CLASSES = 4
 
@@ -111,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"image_size": args.image_size, "num_classes": CLASSES, "in_channels": 3}
     teacher = build_network("teacher", "published", **overrides).eval()
     hdkd = build_network("hdkd", "published", **overrides)
+    auto_bf16 = use_bf16("auto", "cpu")  # the pipeline's default runtime.teacher_precision
     variants: dict[str, Callable] = {
-        "ours": trainer_step(copy.deepcopy(hdkd), teacher),
-        "ours_channels_last": trainer_step(copy.deepcopy(hdkd), copy.deepcopy(teacher), channels_last=True),
+        "ours": trainer_step(copy.deepcopy(hdkd), teacher, teacher_bf16=auto_bf16),
+        "ours_channels_last": trainer_step(
+            copy.deepcopy(hdkd), copy.deepcopy(teacher), channels_last=True, teacher_bf16=auto_bf16
+        ),
         "naive": naive_step(copy.deepcopy(hdkd), teacher),
         "ce_only": trainer_step(
             build_network("student", "published", **overrides), None, channels_last=not args.no_channels_last
@@ -126,14 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             channels_last=not args.no_channels_last,
             teacher_bf16=True,
         )
-    bf16_supported = (
-        torch.cpu._is_avx512_bf16_supported() if hasattr(torch.cpu, "_is_avx512_bf16_supported") else "?"
-    )
+    print(cpu_report().summary())
     print(
         f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.image_size} px, "
-        f"cpu capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {bf16_supported}",
+        f"teacher under bf16 autocast in ours: {'yes' if auto_bf16 else 'no'} (teacher_precision auto)",
         flush=True,
     )
+    peak = peaks(2.0)
     batch = batch_of(args.batch, args.image_size)
     for step in variants.values():  # untimed warm-up at full size (allocator, oneDNN primitives)
         step(batch)
@@ -148,8 +156,18 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     median = {name: statistics.median(values) for name, values in times.items()}
+    after = peaks(2.0)
+    peak = {dtype: max(value, after[dtype]) for dtype, value in peak.items()}
+    print(f"matmul peak: float32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s")
+    student_gflop, teacher_gflop = (forward_flops(n, args.image_size, 3) / 1e9 for n in (hdkd, teacher))
     for name, value in median.items():
-        print(f"{name}: median {value:.2f} s/step over {len(times[name])} steps")
+        useful = args.batch * (3 * student_gflop + (0 if name == "ce_only" else teacher_gflop))
+        achieved = useful / value
+        print(
+            f"{name}: median {value:.2f} s/step over {len(times[name])} steps, useful {achieved:.1f} "
+            f"GFLOP/s = {100 * achieved / peak['fp32']:.0f}% of the fp32 peak, "
+            f"{100 * achieved / peak['bf16']:.0f}% of bf16"
+        )
     print(
         "bf16 teacher vs fp32 teacher (batch 4):", bf16_effect(hdkd, teacher, batch_of(4, args.image_size, 2))
     )

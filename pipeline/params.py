@@ -132,6 +132,13 @@ def device_name(value: Any) -> str | None:
     return None
 
 
+def precision(value: Any) -> str | None:
+    """A precision setting: one of ``pipeline.device.PRECISIONS`` ("auto", "fp32", "bf16")."""
+    from pipeline.device import PRECISIONS  # imported here: validating the file needs no torch
+
+    return one_of(*PRECISIONS)(value)
+
+
 TRAINING: dict[str, Check] = {"epochs": count(1), "batch_size": count(1), "lr": positive, "seed": count(0)}
 
 
@@ -139,6 +146,8 @@ TRAINING: dict[str, Check] = {"epochs": count(1), "batch_size": count(1), "lr": 
 SCHEMA: dict[str, Check] = {
     "runtime.device": device_name,
     "runtime.num_workers": count(0),
+    "runtime.teacher_precision": precision,
+    "runtime.model_precision": precision,
     "data.raw_dir": text,
     "data.class_names": class_list,
     "data.workers": count(0),

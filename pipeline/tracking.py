@@ -20,6 +20,8 @@ from mlflow.tracking import MlflowClient
 from monai.handlers import MLFlowHandler
 from monai.utils import path_to_uri
 
+from pipeline.device import cpu_report
+
 PARENT_RUN_ENV = "HDKD_MLFLOW_PARENT_RUN_ID"
 PARENT_TAG = "mlflow.parentRunId"
 SQLITE_PREFIX = "sqlite:///"
@@ -136,7 +138,7 @@ def start_run(
     client = MlflowClient(configure_mlflow(tracking_uri))
     run_id = _resumable_run(client, run_id_file) if resume and run_id_file else None
     if run_id is None:
-        all_tags = dict(tags or {})
+        all_tags = {**cpu_report().tags(), **(tags or {})}  # which CPU the run's timings came from
         parent = parent_run_id(client)
         if parent:
             all_tags[PARENT_TAG] = parent

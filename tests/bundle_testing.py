@@ -53,13 +53,15 @@ def make_split(folder: Path, per_class: dict[str, int] | None = None, size: int 
 
 
 def bundle_env(store: Path, **extra: str) -> dict[str, str]:
-    """The environment of a bundle subprocess: a private MLflow store, one torch thread each."""
+    """The environment of a bundle subprocess: a private MLflow store and engine cache, one torch thread
+    each."""
     env = {
         k: v for k, v in os.environ.items() if k not in ("HDKD_MLFLOW_PARENT_RUN_ID", "MLFLOW_TRACKING_URI")
     }
     env.update(
         MLFLOW_TRACKING_URI=f"sqlite:///{store}",
         MLFLOW_DISABLE_TELEMETRY="true",
+        HDKD_CACHE_DIR=str(store.parent / "engine_cache"),  # the inference engine choice, not ~/.cache
         OMP_NUM_THREADS="1",
         PYTHONPATH=str(ROOT),
         **extra,

@@ -54,6 +54,8 @@ def _train_all(root: Path) -> dict:
         str(models["hdkd"]),
         "--teacher_ckpt",
         teacher_ckpt,
+        "--teacher_precision",
+        "bf16",  # the path a CPU with native bf16 takes by default ("auto")
         env=env,
     )
     run_bundle(
@@ -77,6 +79,8 @@ def _train_all(root: Path) -> dict:
         str(root / "eval"),
         "--n_bootstrap",
         "20",
+        "--model_precision",
+        "bf16",
         env=env,
     )
     return {
@@ -144,6 +148,10 @@ def _check_mlflow(trained: dict) -> None:
     config_file = client.download_artifacts(runs["hdkd"].info.run_id, "config.json", str(trained["root"]))
     config = json.loads(Path(config_file).read_text())
     assert config["epochs"] == EPOCHS and config["profile"] == "demo"
+    assert (config["teacher_precision"], config["model_precision"]) == ("bf16", "fp32")
+    for run in runs.values():  # which CPU every run's timings came from
+        assert run.data.tags["cpu.torch_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert run.data.tags["cpu.native_bf16"] in ("true", "false")
     evaluation = runs["evaluation_hdkd"]
     assert evaluation.info.status == "FINISHED"
     assert evaluation.data.tags[PARENT_TAG] == trained["parent"]
@@ -206,6 +214,8 @@ def _check_inference(trained: dict) -> None:
     assert [r["input"] for r in result["rejected"]] == ["notes.txt"]
     assert len(list((out / "gradcam").glob("*.png"))) == len(rows)
     assert result["model"]["checkpoint"] == "model.pt" and len(result["model"]["checkpoint_sha256"]) == 64
+    (choice,) = json.loads(Path(trained["env"]["HDKD_CACHE_DIR"], "engines.json").read_text()).values()
+    assert {trial["engine"] for trial in choice["trials"]} >= {"torch-fp32", "onnxruntime-fp32"}
 
 
 def _check_baseline_has_no_distillation_token(trained: dict) -> None:

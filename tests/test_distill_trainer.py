@@ -231,19 +231,28 @@ def test_gradient_accumulation_steps_the_optimizer_every_second_iteration() -> N
     assert changed == [False, True, False, True]
 
 
-def test_channels_last_and_bf16_teacher_options() -> None:
+def test_channels_last_and_bf16_options() -> None:
+    """bf16 autocast of the teacher, or of the student too, moves every loss term by a few percent at
+    most; the student's weights and gradients stay float32."""
     batch = next(iter(random_loader()))
-    results = {}
+    results, gradients = {}, {}
     for name, options in {
         "plain": {},
         "channels_last": {"channels_last": True},
         "bf16": {"teacher_bf16": True},
+        "bf16_both": {"teacher_bf16": True, "bf16": True},
     }.items():
         engine = trainer(net("hdkd", 0), net("teacher", 1), **options)
         results[name] = loss_terms_transform(engine._iteration(engine, batch))
+        grads = [p.grad.flatten() for p in engine.network.parameters() if p.grad is not None]
+        gradients[name] = torch.cat(grads)
     for term in ("loss", "ce", "logit_kd", "feature_kd"):
         assert results["channels_last"][term] == pytest.approx(results["plain"][term], rel=1e-4, abs=1e-6)
         assert results["bf16"][term] == pytest.approx(results["plain"][term], rel=0.05, abs=1e-3)
+        assert results["bf16_both"][term] == pytest.approx(results["plain"][term], rel=0.05, abs=1e-3)
+    assert gradients["bf16_both"].dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(gradients["bf16_both"], gradients["plain"], dim=0)
+    assert cosine > 0.95
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from pipeline.bundle.handlers import (
     link_early_stopping,
     logits_and_labels,
 )
+from pipeline.bundle.precision import precision_inferer
 from pipeline.bundle.preflight import check_choice, check_split, class_list, flag, load_teacher, load_trained
 from pipeline.bundle.resume import prepare_models_dir
 from pipeline.bundle.schedules import lr_schedule, training_epochs, weight_decay_groups
@@ -41,6 +42,7 @@ __all__ = [
     "load_trained",
     "logits_and_labels",
     "lr_schedule",
+    "precision_inferer",
     "prepare_models_dir",
     "process_device",
     "rank",

@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from pipeline.device import autocast as bf16_autocast
 from pipeline.distill.losses import TERMS, HDKDLoss
 from pipeline.networks import check_feature_compatibility
 from pipeline.networks.output import HDKDOutput
@@ -56,7 +57,9 @@ class DistillationTrainer(SupervisedTrainer):
             or None. It is moved to ``device``, frozen (requires_grad False) and kept in eval mode; it is
             a plain attribute, so it is not part of ``network``, the optimizer, a DDP wrapper or any
             checkpoint that saves ``network``.
-        teacher_bf16: run the teacher forward under bfloat16 autocast (CPU or CUDA); off by default.
+        teacher_bf16: run the teacher forward under bfloat16 autocast (CPU or CUDA); off by default (the
+            bundles turn it on where bf16 is native: ``pipeline.device.use_bf16``).
+        bf16: run the student forward under bfloat16 autocast (CPU or CUDA); off by default.
         channels_last: convert the networks and every input batch to ``torch.channels_last``.
 
     ``engine.state.output`` holds MONAI's image/label/pred/loss ("pred" = the student's predictive
@@ -75,6 +78,7 @@ class DistillationTrainer(SupervisedTrainer):
         loss_function: HDKDLoss,
         teacher: nn.Module | None = None,
         teacher_bf16: bool = False,
+        bf16: bool = False,
         channels_last: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -105,6 +109,7 @@ class DistillationTrainer(SupervisedTrainer):
         )
         self.teacher = teacher
         self.teacher_bf16 = teacher_bf16
+        self.bf16 = bf16
         self.channels_last = channels_last
 
     @staticmethod
@@ -167,12 +172,7 @@ class DistillationTrainer(SupervisedTrainer):
         if self.teacher is None:
             return None
         self.teacher.eval()
-        autocast = (
-            torch.autocast(x.device.type, dtype=torch.bfloat16)
-            if self.teacher_bf16
-            else contextlib.nullcontext()
-        )
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), bf16_autocast(x.device, self.teacher_bf16):
             return self.teacher(x, return_features=True)
 
     def _iteration(self, engine: DistillationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
@@ -199,7 +199,8 @@ class DistillationTrainer(SupervisedTrainer):
         )
         with autocast:
             teacher_out = engine.teacher_forward(x)
-            student_out = engine.network(x, return_features=True)
+            with bf16_autocast(x.device, engine.bf16):
+                student_out = engine.network(x, return_features=True)
             engine.state.output[Keys.PRED] = student_out.logits
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             terms = engine.loss_function(student_out, teacher_out, y)
