@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -58,6 +59,12 @@ def trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     return {"root": tmp_path, "store": store, "argv": argv, "training_run": training_run}
 
 
+def _error_line(capsys: pytest.CaptureFixture) -> str:
+    """The export's error: exactly one line (other stderr lines are MLflow's own log records)."""
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("export: error:")]
+    return line
+
+
 def _export(trained: dict, output: str, name: str = NAME) -> int:
     return main([*trained["argv"], "--output", str(trained["root"] / output), "--register", name])
 
@@ -71,7 +78,9 @@ def test_export_registers_a_version_once_and_it_serves(trained: dict, capsys: py
     assert version.tags[tracking.TRAINING_RUN_TAG] == trained["training_run"]
     assert float(version.tags["test_balanced_accuracy"]) == 0.25 and len(version.tags[CONTENT_TAG]) == 64
     assert json.loads(client.get_registered_model(NAME).tags[INTERFACE_TAG])["input"] == [-1, 1, 64, 64]
-    local = Path(client.download_artifacts(version.run_id, "", str(trained["root"] / "download")))
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(trained["root"] / "dl"))
+    )
     attached = {path.name for path in local.rglob("*.onnx")}
     assert attached == {"hdkd.onnx", "hdkd.int8.onnx"}
     export_run = client.get_run(version.run_id)
@@ -141,15 +150,25 @@ def test_store_and_registry_errors_come_before_any_output(
     client.create_registered_model("foreign")
     for name in ("taken", "foreign"):
         assert _export(trained, f"out_{name}", name) == 2
-        (line,) = capsys.readouterr().err.strip().splitlines()
+        line = _error_line(capsys)
         assert f"registered model '{name}'" in line and "export.registered_model" in line
         assert trained["store"] in line
         assert not (trained["root"] / f"out_{name}").exists()
+    # a store that does not take writes (immutable: read-only even for root)
+    database = trained["root"] / "mlflow.db"
+    subprocess.run(["chattr", "+i", str(database)], check=True)
+    try:
+        assert _export(trained, "out_read_only") == 2
+    finally:
+        subprocess.run(["chattr", "-i", str(database)], check=True)
+    line = _error_line(capsys)
+    assert "does not take writes" in line and trained["store"] in line and "MLFLOW_TRACKING_URI" in line
+    assert not (trained["root"] / "out_read_only").exists()
     # an unreachable tracking server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
     started = time.monotonic()
     assert _export(trained, "out_unreachable") == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
+    line = _error_line(capsys)
     assert "unreachable" in line and "MLFLOW_TRACKING_URI" in line
     assert time.monotonic() - started < 60
     assert not (trained["root"] / "out_unreachable").exists()

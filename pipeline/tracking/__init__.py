@@ -34,7 +34,7 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 
 def repo_root() -> Path:
     """The repository root: the folder holding the ``pipeline`` package."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def default_tracking_uri() -> str:
@@ -81,12 +81,16 @@ def check_store(experiment_name: str, tracking_uri: str | None = None) -> str:
     """Check that the tracking store answers (quickly: no retries) and takes writes (an idempotent tag on
     ``experiment_name``); returns its URI. Raises :class:`TrackingStoreError` with a one-line message
     naming the store and what to do, so a stage can fail before it writes anything."""
-    fix = "or set MLFLOW_TRACKING_URI to a store that is (default: " + default_tracking_uri() + ")"
+    def fix(kind: str) -> str:
+        return f"or set MLFLOW_TRACKING_URI to a {kind} store (default {default_tracking_uri()})"
+
     try:
         uri = configure_mlflow(tracking_uri)
     except OSError as error:
-        raise TrackingStoreError(f"MLflow store {tracking_uri or os.environ.get('MLFLOW_TRACKING_URI')}: "
-                                 f"cannot create it ({error}); fix the path {fix}") from error
+        named = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        raise TrackingStoreError(
+            f"MLflow store {named} cannot be created ({error}); fix the path {fix('writable')}"
+        ) from error
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     saved = {key: os.environ.get(key) for key in quick}
     os.environ.update(quick)
@@ -96,14 +100,16 @@ def check_store(experiment_name: str, tracking_uri: str | None = None) -> str:
             client.search_experiments(max_results=1)
         except Exception as error:
             raise TrackingStoreError(
-                f"MLflow store {uri} is unreachable ({_first_line(error)}); start it {fix}"
+                f"MLflow store {uri} is unreachable ({_first_line(error)}); start its server "
+                f"{fix('reachable')}"
             ) from error
         try:
             experiment_id = get_or_create_experiment(client, experiment_name)
             client.set_experiment_tag(experiment_id, STORE_PROBE_TAG, "python -m pipeline.stages")
         except mlflow.exceptions.MlflowException as error:
             raise TrackingStoreError(
-                f"MLflow store {uri} does not take writes ({_first_line(error)}); make it writable {fix}"
+                f"MLflow store {uri} does not take writes ({_first_line(error)}); make it writable "
+                f"{fix('writable')}"
             ) from error
     finally:
         for key, value in saved.items():

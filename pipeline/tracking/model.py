@@ -44,8 +44,8 @@ def model_config(
 def signature(config: Mapping[str, Any]) -> ModelSignature:
     """Input: float32 ``[-1, C, S, S]`` slices; output: float32 ``[-1, classes]`` probabilities."""
     channels, size = config["in_channels"], config["image_size"]
-    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, channels, size, size), "image")])
-    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, len(config["class_names"])), "probabilities")])
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, channels, size, size))])
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, len(config["class_names"])))])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -116,7 +116,7 @@ def log_classifier(
     }
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=ClassifierModel(),
+        python_model=str(Path(__file__).with_name("served_model.py")),  # models from code: no pickle
         artifacts=artifacts,
         model_config=dict(config),
         signature=signature(config),
