@@ -214,7 +214,8 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
         db.execute("SELECT key, value FROM model_version_tags WHERE name = 'hdkd-student'").fetchall()
     )
     assert version == 1 and version_run in children and version_tags["hdkd.training_run_id"] == hdkd_run
-    assert float(version_tags["test_balanced_accuracy"]) == files["metrics/hdkd.json"]["data"]["balanced_accuracy"]
+    hdkd_metrics = files["metrics/hdkd.json"]["data"]
+    assert float(version_tags["test_balanced_accuracy"]) == hdkd_metrics["balanced_accuracy"]
     db.close()
 
     # privacy: no identifier of the raw DICOM headers in any output, log or MLflow record
