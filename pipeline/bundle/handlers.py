@@ -87,6 +87,15 @@ class EpochLossTerms:
         engine.state.metrics["lr"] = self._lr
 
 
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers among an engine's metrics."""
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
 class EpochCSVLogger:
     """One row per epoch in ``path`` (CSV): epoch, the trainer's metrics (loss terms, lr) and the scalar
     metrics of ``evaluator``'s last run (validation), for DVC training-curve plots. Rows of epochs at or
@@ -99,20 +108,12 @@ class EpochCSVLogger:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    @staticmethod
-    def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
-        return {
-            key: float(value)
-            for key, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        }
-
     def __call__(self, engine: Engine) -> None:
         epoch = engine.state.epoch
         row = {
             "epoch": epoch,
-            **self._scalars(engine.state.metrics),
-            **self._scalars(self.evaluator.state.metrics),
+            **scalar_metrics(engine.state.metrics),
+            **scalar_metrics(self.evaluator.state.metrics),
         }
         rows: list[dict[str, Any]] = []
         if self.path.is_file():
@@ -196,7 +197,7 @@ class KeptCheckpointReport:
             return
         self.kept = {
             "epoch": int(evaluator.state.epoch),
-            "metrics": EpochCSVLogger._scalars(evaluator.state.metrics),
+            "metrics": scalar_metrics(evaluator.state.metrics),
             "predictions": self.report.state_dict(),
         }
 
