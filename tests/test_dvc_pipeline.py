@@ -207,6 +207,11 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
     stages = {value for run, key, value in tags if key == "dvc.stage" and run in children}
     assert stages == {"train_teacher", "train_student", "distill", "evaluate", "export"}
     hdkd_run = next(run for (run, name) in db.execute("SELECT run_uuid, name FROM runs") if name == "hdkd")
+    # provenance: the data the HDKD run read, as DVC recorded it
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    hdkd_tags = {key: value for run, key, value in tags if run == hdkd_run}
+    assert hdkd_tags["dvc.md5.data/split"] == lock["split"]["outs"][0]["md5"]
+    assert len(hdkd_tags["mlflow.source.git.commit"]) == 40
     ((version, version_run),) = db.execute(
         "SELECT version, run_id FROM model_versions WHERE name = 'hdkd-student'"
     ).fetchall()

@@ -10,7 +10,9 @@ the kept checkpoint's validation scores and the model itself (pipeline.tracking.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 from monai.handlers import MLFlowHandler
 from monai.utils import path_to_uri
+
+logger = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "HDKD_MLFLOW_PARENT_RUN_ID"
 STAGE_ENV = "HDKD_DVC_STAGE"  # a run's DVC stage (set by `python -m pipeline.stages exec --stage`)
@@ -308,11 +312,14 @@ class RunMLFlowHandler(MLFlowHandler):
             from pipeline.tracking.model import log_classifier, model_config
             from pipeline.tracking.provenance import log_split_dataset
 
+            started = time.perf_counter()
             with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
                 if self.dataset:
                     log_split_dataset(self.dataset, "training")
                 if self.model_checkpoint:
                     log_classifier(self.model_checkpoint, model_config(**(self.model_config or {})))
+            seconds = time.perf_counter() - started
+            logger.info("logged the dataset and model of run %s in %.1f s", run_id, seconds)
 
     def attach(self, engine: Any) -> None:
         """Attach MONAI's handlers plus one that marks the run FAILED on an engine exception."""
