@@ -113,6 +113,7 @@ def _runs(trained: dict) -> dict[str, mlflow.entities.Run]:
 def _check_mlflow(trained: dict) -> None:
     """The four runs side by side under the parent run, with params, each loss term per epoch, artifacts."""
     client = MlflowClient(trained["store"])
+    mlflow.set_tracking_uri(trained["store"])  # where runs:/ model URIs resolve
     runs = _runs(trained)
     assert {"teacher", "hdkd", "student_baseline", "evaluation_hdkd"} <= runs.keys()
 
