@@ -34,6 +34,7 @@ SQLITE_PREFIX = "sqlite:///"
 RUN_ID_FILE = "mlflow_run_id.txt"  # next to a training run's checkpoints
 TRAINING_RUN_TAG = "hdkd.training_run_id"  # on evaluation runs and registered versions
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+STORE_PROBE_TAG = "hdkd.pipeline"  # experiment tag written by check_store to prove the store takes writes
 
 
 def repo_root() -> Path:
@@ -78,9 +79,6 @@ class TrackingStoreError(ValueError):
     """The MLflow store cannot be used (unreachable, read-only); the message names it and the fix."""
 
 
-STORE_PROBE_TAG = "hdkd.pipeline"
-
-
 def check_store(experiment_name: str, tracking_uri: str | None = None) -> str:
     """Check that the tracking store answers (quickly: no retries) and takes writes (an idempotent tag on
     ``experiment_name``); returns its URI. Raises :class:`TrackingStoreError` with a one-line message
@@ -102,7 +100,7 @@ def check_store(experiment_name: str, tracking_uri: str | None = None) -> str:
     try:
         try:
             client.search_experiments(max_results=1)
-        except Exception as error:
+        except Exception as error:  # whatever the store or the network raises: it did not answer
             raise TrackingStoreError(
                 f"MLflow store {uri} is unreachable ({_first_line(error)}); start its server "
                 f"{fix('reachable')}"
