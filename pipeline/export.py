@@ -296,6 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 0.9)",
     )
     parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the exported model in the MLflow Model Registry as a version of NAME (the store of "
+        "MLFLOW_TRACKING_URI; checked before anything is written), with the ONNX files inside it",
+    )
+    parser.add_argument(
+        "--test-report",
+        type=Path,
+        help="with --register: the model's evaluation report (metrics.json) whose headline test metrics "
+        "tag the version",
+    )
+    parser.add_argument(
+        "--experiment", default="hdkd", help="MLflow experiment of the export run (default %(default)s)"
+    )
+    parser.add_argument(
         "--atol",
         type=float,
         default=DEFAULT_ATOL,
@@ -337,11 +352,18 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.int8_split and not args.class_names:
         parser.error("--int8-split needs --class-names (the class names of the split file)")
+    if args.register and not (args.class_names and args.test_report):
+        parser.error("--register needs --class-names and --test-report")
     overrides = dict(args.overrides)
     name = args.name or args.role
     try:
         network = build_network(args.role, args.profile, **overrides)
         load_weights(network, args.checkpoint)
+        if args.register:
+            from pipeline.tracking.registry import check_registry
+
+            check_registry(args.register, _model_config(args, network), args.experiment)
+            test_metrics = _test_metrics(args.test_report)
         facts = export_network(
             network,
             args.output,
@@ -375,4 +397,46 @@ def main(argv: list[str]) -> int:
             f"wrote {args.output / written['file']} (top-1 agreement with float "
             f"{written['top1_agreement']:.1%} on {written['images']} validation slices)"
         )
+    if args.register:
+        _register(args, network, facts, test_metrics)
     return 0
+
+
+def _model_config(args: argparse.Namespace, network: nn.Module) -> dict[str, Any]:
+    """The registered model's settings (pipeline.tracking.model.model_config)."""
+    from pipeline.tracking.model import model_config
+
+    return model_config(
+        args.role, args.profile, network.image_size, network.in_channels, args.class_names.split(",")
+    )
+
+
+def _test_metrics(report: Path) -> dict[str, float]:
+    """``test_<metric>`` for the headline metrics of an evaluation report."""
+    from pipeline.evaluate.metrics import HEADLINE
+
+    if not report.is_file():
+        raise FileNotFoundError(f"{report}: evaluation report not found (run the evaluate stage first)")
+    values = json.loads(report.read_text())
+    return {f"test_{key}": float(values[key]) for key in HEADLINE if values.get(key) is not None}
+
+
+def _register(
+    args: argparse.Namespace, network: nn.Module, facts: dict[str, Any], test_metrics: dict[str, float]
+) -> None:
+    """Register the checkpoint with the ONNX files as a version of ``args.register``."""
+    from pipeline.tracking import training_run_of
+    from pipeline.tracking.registry import register_model
+
+    files = {kind: args.output / facts[kind]["file"] for kind in ("onnx", "onnx_int8") if kind in facts}
+    version, new = register_model(
+        args.register,
+        args.checkpoint,
+        _model_config(args, network),
+        files,
+        training_run_of(args.checkpoint),
+        test_metrics,
+        args.experiment,
+    )
+    state = "registered" if new else "already registered (same files)"
+    print(f"{state}: models:/{version.name}/{version.version}")

@@ -139,6 +139,12 @@ def precision(value: Any) -> str | None:
     return one_of(*PRECISIONS)(value)
 
 
+def registered_model_name(value: Any) -> str | None:
+    """An MLflow registered-model name: letters, digits, '.', '_' and '-' (it appears in models:/ URIs)."""
+    ok = isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value)
+    return None if ok else "must be a name of letters, digits, '.', '_' and '-' (e.g. hdkd-student)"
+
+
 TRAINING: dict[str, Check] = {"epochs": count(1), "batch_size": count(1), "lr": positive, "seed": count(0)}
 
 
@@ -180,6 +186,7 @@ SCHEMA: dict[str, Check] = {
     "export.opset": count(13),
     "export.calibration_images": count(1),
     "export.int8_min_agreement": unit_interval,
+    "export.registered_model": registered_model_name,
     "efficiency.fractions": each(fraction),
     "efficiency.seeds": each(count(0)),
 }

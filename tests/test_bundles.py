@@ -25,14 +25,10 @@ EPOCHS = 2
 
 
 # what every training run records once per epoch, in training_log.csv and in MLflow
-PER_EPOCH_KEYS = (
-    "train_loss",
-    "train_ce",
-    "train_logit_kd",
-    "train_feature_kd",
-    "lr",
-    "val_balanced_accuracy",
-)
+PER_EPOCH_KEYS = ("train_loss", "train_ce", "lr", "val_balanced_accuracy")
+# what only the distillation run records (its loss terms)
+KD_KEYS = ("train_logit_kd", "train_feature_kd")
+KD_PARAMS = ("alpha", "tau", "kd_type", "feature_weight", "stage_exponent", "teacher_ckpt")
 
 
 def _train_all(root: Path) -> dict:
@@ -100,9 +96,16 @@ def _check_training_outputs(trained: dict, name: str, role: str) -> None:
     assert (models / f"checkpoint_epoch={EPOCHS}.pt").is_file()
     log = pd.read_csv(models / "training_log.csv")
     assert list(log["epoch"]) == list(range(1, EPOCHS + 1))
-    for column in PER_EPOCH_KEYS:
+    for column in PER_EPOCH_KEYS + (KD_KEYS if name == "hdkd" else ()):
         assert log[column].notna().all(), column
+    assert name == "hdkd" or not set(KD_KEYS) & set(log.columns)
+    # the validation report is the kept checkpoint's (the first epoch with the best score), not the last's
+    best = log["val_balanced_accuracy"].max()
+    kept_epoch = int(log.loc[log["val_balanced_accuracy"] == best, "epoch"].iloc[0])
+    report = json.loads((models / "validation" / "metrics.json").read_text())
+    assert report["balanced_accuracy"] == pytest.approx(best, abs=1e-6)
     assert (models / "validation" / "confusion_matrix.png").is_file()
+    trained.setdefault("kept", {})[name] = (kept_epoch, best)
 
 
 def _runs(trained: dict) -> dict[str, mlflow.entities.Run]:
@@ -114,6 +117,7 @@ def _runs(trained: dict) -> dict[str, mlflow.entities.Run]:
 def _check_mlflow(trained: dict) -> None:
     """The four runs side by side under the parent run, with params, each loss term per epoch, artifacts."""
     client = MlflowClient(trained["store"])
+    mlflow.set_tracking_uri(trained["store"])  # where runs:/ model URIs resolve
     runs = _runs(trained)
     assert {"teacher", "hdkd", "student_baseline", "evaluation_hdkd"} <= runs.keys()
 
@@ -123,20 +127,47 @@ def _check_mlflow(trained: dict) -> None:
             for m in sorted(client.get_metric_history(runs[run].info.run_id, key), key=lambda m: m.step)
         ]
 
-    for name in ("teacher", "hdkd", "student_baseline"):
+    for name, model in (("teacher", "teacher"), ("hdkd", "hdkd"), ("student_baseline", "baseline")):
         run = runs[name]
         assert run.info.status == "FINISHED"
         assert run.data.tags[PARENT_TAG] == trained["parent"]
         for key in PER_EPOCH_KEYS:
             assert len(history(name, key)) == EPOCHS, (name, key)
+        # the kept checkpoint's score and epoch
+        kept_epoch, best = trained["kept"][model]
+        assert run.data.metrics["best_epoch"] == kept_epoch
+        assert run.data.metrics["best_val_balanced_accuracy"] == pytest.approx(best, abs=1e-6)
+        assert 0.0 <= run.data.metrics["best_val_macro_f1"] <= 1.0
+        # provenance: source, user, git commit, the split table as the training dataset
+        tags = run.data.tags
+        assert tags["mlflow.source.name"].endswith("configs/train.json") and tags["mlflow.user"]
+        assert len(tags.get("mlflow.source.git.commit", "")) == 40
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.name == "split.csv" and dataset.tags[0].value == "training"
+        # honest params and metrics: distillation settings and terms only on the distillation run
+        kd_params = set(KD_PARAMS) & run.data.params.keys()
+        kd_metrics = set(KD_KEYS) & run.data.metrics.keys()
+        assert (kd_params == set(KD_PARAMS)) if name == "hdkd" else not kd_params, name
+        assert (kd_metrics == set(KD_KEYS)) if name == "hdkd" else not kd_metrics, name
+        # the logged model: class probabilities for a batch of slices shaped as the slice files are
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        assert model.metadata.metadata["class_names"] == list(CLASSES)
+        assert model.metadata.get_input_schema().inputs[0].shape == (-1, 1, 64, 64)
+        batch = np.random.default_rng(0).random((3, 1, 64, 64), dtype=np.float32)
+        probabilities = model.predict(batch)
+        assert probabilities.shape == (3, len(CLASSES))
+        np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+        weights = trained["models"][model_dir(name)] / "model.pt"
+        network = load_weights(build_network(ROLES[name], "demo"), weights).eval()
+        with torch.no_grad():
+            expected = torch.softmax(network(torch.from_numpy(batch)), 1).numpy()
+        np.testing.assert_allclose(probabilities, expected, atol=1e-5)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert "config.json" in artifacts
         assert "confusion_matrix.png" in {
             a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, "validation")
         }
     assert min(history("hdkd", "train_feature_kd")) > 0 and min(history("hdkd", "train_logit_kd")) > 0
-    assert history("student_baseline", "train_feature_kd") == [0.0] * EPOCHS
-    assert history("student_baseline", "train_logit_kd") == [0.0] * EPOCHS
     hdkd = runs["hdkd"].data.params
     assert (hdkd["alpha"], hdkd["tau"], hdkd["feature_weight"], hdkd["kd_type"]) == (
         "0.5",
@@ -154,11 +185,22 @@ def _check_mlflow(trained: dict) -> None:
         assert run.data.tags["cpu.native_bf16"] in ("true", "false")
     evaluation = runs["evaluation_hdkd"]
     assert evaluation.info.status == "FINISHED"
+    assert evaluation.data.tags["hdkd.training_run_id"] == runs["hdkd"].info.run_id
+    assert evaluation.data.tags["mlflow.source.name"].endswith("configs/evaluate.json")
+    assert [d.tags[0].value for d in evaluation.inputs.dataset_inputs] == ["testing"]
     assert evaluation.data.tags[PARENT_TAG] == trained["parent"]
     assert 0.0 <= evaluation.data.metrics["test_balanced_accuracy"] <= 1.0
     assert "confusion_matrix.png" in {
         a.path.split("/")[-1] for a in client.list_artifacts(evaluation.info.run_id, "evaluation")
     }
+
+
+ROLES = {"teacher": "teacher", "hdkd": "hdkd", "student_baseline": "student"}
+
+
+def model_dir(run_name: str) -> str:
+    """The models folder of a training run."""
+    return "baseline" if run_name == "student_baseline" else run_name
 
 
 def _check_metrics_json(trained: dict) -> None:

@@ -3,6 +3,7 @@ uninterrupted run of the same seed ends."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -68,3 +69,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     assert best_got.keys() == best_expected.keys()
     for key, value in best_expected.items():
         torch.testing.assert_close(best_got[key], value, rtol=0, atol=1e-6, msg=key)
+    # the validation report of the kept checkpoint survives the interruption (kept in the checkpoints)
+    straight_report, resumed_report = (
+        json.loads((models / "validation" / "metrics.json").read_text()) for models in (straight, interrupted)
+    )
+    assert resumed_report["confusion_matrix"] == straight_report["confusion_matrix"]
+    kept_score = straight_report["balanced_accuracy"]
+    assert resumed_report["balanced_accuracy"] == pytest.approx(kept_score, abs=1e-9)
+    assert straight_report["balanced_accuracy"] == pytest.approx(expected["val_balanced_accuracy"].max())

@@ -149,19 +149,23 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
     for name in ("comparison.png", "training_curves.png"):
         assert (repo / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
-    # one metrics file per model, with plausible values
+    # one metrics file per model, with plausible values; CIs, per-class scores and the CPU latency in a
+    # details file that is not a DVC metric (readable `dvc exp show`, latency never "changed")
     shown = json.loads(dvc(repo, env, "metrics", "show", "--json").stdout)
     files = next(iter(shown.values()))["data"]
+    assert set(files) == {f"metrics/{model}.json" for model in MODELS}
     for model in MODELS:
         metrics = files[f"metrics/{model}.json"]["data"]
+        details = json.loads((repo / "metrics" / "details" / f"{model}_details.json").read_text())
+        assert not {"ci95", "per_class", "cpu_latency_ms"} & set(metrics)
         for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
-            value, ci = metrics[name], metrics["ci95"][name]
+            value, ci = metrics[name], details["ci95"][name]
             assert 0.0 <= value <= 1.0
             assert 0.0 <= ci["low"] <= ci["high"] <= 1.0
         assert 0.0 <= metrics["ece"] <= 1.0
-        assert set(metrics["per_class"]) == {"glioma", "meningioma", "pituitary", "notumor"}
-        assert {"sensitivity", "specificity", "auc"} <= set(metrics["per_class"]["glioma"])
-        assert metrics["parameters"] > 1000 and metrics["gflops"] > 0 and metrics["cpu_latency_ms"] > 0
+        assert set(details["per_class"]) == {"glioma", "meningioma", "pituitary", "notumor"}
+        assert {"sensitivity", "specificity", "auc"} <= set(details["per_class"]["glioma"])
+        assert metrics["parameters"] > 1000 and metrics["gflops"] > 0 and details["cpu_latency_ms"] > 0
     assert (
         files["metrics/hdkd.json"]["data"]["parameters"]
         > files["metrics/baseline.json"]["data"]["parameters"]
@@ -180,6 +184,7 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert json.loads(dvc(repo, env, "status", "dvc.yaml", "--json").stdout) == {}
     changed = [line[3:] for line in git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()]
     expected = {"dvc.lock", "metrics/paired.json", *(f"metrics/{model}.json" for model in MODELS)}
+    expected |= {f"metrics/details/{model}_details.json" for model in MODELS}
     assert [path for path in changed if path not in expected and not path.endswith(".gitignore")] == []
 
     # exact dependencies: only `distill` reads distill.lambda (its new weights then re-run evaluate
@@ -210,6 +215,24 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
     side_by_side = {key for (key,) in db.execute("SELECT key FROM metrics WHERE run_uuid = ?", (parent,))}
     assert {f"{model}.balanced_accuracy" for model in MODELS} <= side_by_side
     assert {"paired.balanced_accuracy.difference", "paired.macro_f1.ci95.low"} <= side_by_side
+    # each run names its DVC stage; the export registered the HDKD student, tagged with its training run
+    stages = {value for run, key, value in tags if key == "dvc.stage" and run in children}
+    assert stages == {"train_teacher", "train_student", "distill", "evaluate", "export"}
+    hdkd_run = next(run for (run, name) in db.execute("SELECT run_uuid, name FROM runs") if name == "hdkd")
+    # provenance: the data the HDKD run read, as DVC recorded it
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    hdkd_tags = {key: value for run, key, value in tags if run == hdkd_run}
+    assert hdkd_tags["dvc.md5.data/split"] == lock["split"]["outs"][0]["md5"]
+    assert len(hdkd_tags["mlflow.source.git.commit"]) == 40
+    ((version, version_run),) = db.execute(
+        "SELECT version, run_id FROM model_versions WHERE name = 'hdkd-student'"
+    ).fetchall()
+    version_tags = dict(
+        db.execute("SELECT key, value FROM model_version_tags WHERE name = 'hdkd-student'").fetchall()
+    )
+    assert version == 1 and version_run in children and version_tags["hdkd.training_run_id"] == hdkd_run
+    hdkd_metrics = files["metrics/hdkd.json"]["data"]
+    assert float(version_tags["test_balanced_accuracy"]) == hdkd_metrics["balanced_accuracy"]
     db.close()
 
     # privacy: no identifier of the raw DICOM headers in any output, log or MLflow record

@@ -4,6 +4,7 @@ garbage-collector tuning applies only to a process of its own."""
 from __future__ import annotations
 
 import gc
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,29 @@ def test_in_process_calls_leave_the_collector_alone(tmp_path: Path, params_file:
     command = _append(tmp_path / "x.txt", "")
     assert stages_main(["exec", "--no-network-check", "--params", str(params_file), *command]) == 0
     assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+
+def test_an_unusable_mlflow_store_stops_the_stage_before_its_commands(
+    tmp_path: Path, params_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    log = tmp_path / "log.txt"
+    launcher = ["exec", "--no-network-check", "--mlflow", "--stage", "distill", "--params", str(params_file)]
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    assert stages_main([*launcher, *_append(log, "a")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"http://127.0.0.1:{port} is unreachable" in line and "MLFLOW_TRACKING_URI" in line
+    assert not log.exists()
+    # the same store as a SQLite file that does not take writes (immutable: read-only even for root)
+    database = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+    assert stages_main([*launcher, *_append(log, "a")]) == 0 and log.read_text() == "a"
+    subprocess.run(["chattr", "+i", str(database)], check=True)
+    try:
+        assert stages_main([*launcher, *_append(log, "b")]) == 2
+    finally:
+        subprocess.run(["chattr", "-i", str(database)], check=True)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"sqlite:///{database} does not take writes" in line and log.read_text() == "a"

@@ -31,7 +31,8 @@ def test_configure_turns_telemetry_off_and_prefers_argument_then_env(
     other = f"sqlite:///{tmp_path / 'other.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
     assert tracking.configure_mlflow() == other
-    assert tracking.default_tracking_uri().endswith(str(Path(tracking.__file__).parents[1] / "mlflow.db"))
+    repository = Path(__file__).resolve().parents[1]
+    assert tracking.default_tracking_uri() == f"sqlite:///{repository / 'mlflow.db'}"
 
 
 def test_plain_path_uri_is_refused_with_a_sqlite_suggestion(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Ignite handlers the bundle configs attach to the trainer: per-epoch seeding (so a resumed run
 repeats an uninterrupted one exactly), per-epoch means of each loss term plus the learning rate (picked
-up by StatsHandler and MLFlowHandler from ``engine.state.metrics``), and early-stopping wiring."""
+up by StatsHandler and MLFlowHandler from ``engine.state.metrics``), the validation report of the kept
+checkpoint, and early-stopping wiring."""
 
 from __future__ import annotations
 
@@ -87,6 +88,15 @@ class EpochLossTerms:
         engine.state.metrics["lr"] = self._lr
 
 
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers among an engine's metrics."""
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
 class EpochCSVLogger:
     """One row per epoch in ``path`` (CSV): epoch, the trainer's metrics (loss terms, lr) and the scalar
     metrics of ``evaluator``'s last run (validation), for DVC training-curve plots. Rows of epochs at or
@@ -99,20 +109,12 @@ class EpochCSVLogger:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    @staticmethod
-    def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
-        return {
-            key: float(value)
-            for key, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        }
-
     def __call__(self, engine: Engine) -> None:
         epoch = engine.state.epoch
         row = {
             "epoch": epoch,
-            **self._scalars(engine.state.metrics),
-            **self._scalars(self.evaluator.state.metrics),
+            **scalar_metrics(engine.state.metrics),
+            **scalar_metrics(self.evaluator.state.metrics),
         }
         rows: list[dict[str, Any]] = []
         if self.path.is_file():
@@ -164,6 +166,63 @@ class PeriodicReport:
             Events.ITERATION_COMPLETED(event_filter=self.due), self.report.iteration_completed
         )
         engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self.due), self._report)
+
+
+class KeptCheckpointReport:
+    """The validation report of the checkpoint training keeps (``model.pt``), not of the last epoch.
+
+    Attached to the trainer, it collects ``report``'s predictions (a ClassificationReportHandler) at every
+    validation epoch of ``evaluator`` and keeps those of each epoch whose ``key_metric`` beats every earlier
+    one -- the rule of MONAI's ``CheckpointSaver(save_key_metric=True)``, which replaces ``model.pt`` only
+    on a strictly better score. When training completes it writes the report of the kept epoch (its
+    metrics in ``evaluator.state.metrics`` under the report's prefix, e.g. ``best_val_``) and
+    :meth:`metrics` returns ``best_epoch`` and the kept epoch's scores for logging. Its state (kept epoch,
+    scores and predictions) goes into the per-epoch training checkpoint, so a resumed run keeps it.
+    """
+
+    def __init__(self, evaluator: Engine, report: Any, key_metric: str = "val_balanced_accuracy") -> None:
+        self.evaluator = evaluator
+        self.report = report
+        self.key_metric = key_metric
+        self.kept: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        self.evaluator.add_event_handler(Events.EPOCH_STARTED, self.report.reset)
+        self.evaluator.add_event_handler(Events.ITERATION_COMPLETED, self.report.iteration_completed)
+        self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._keep_if_better)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _keep_if_better(self, evaluator: Engine) -> None:
+        score = float(evaluator.state.metrics[self.key_metric])
+        if self.kept and not score > self.kept["metrics"][self.key_metric]:
+            return
+        self.kept = {
+            "epoch": int(evaluator.state.epoch),
+            "metrics": scalar_metrics(evaluator.state.metrics),
+            "predictions": self.report.state_dict(),
+        }
+
+    def _write(self, engine: Engine) -> None:
+        if not self.kept:
+            return
+        self.report.load_state_dict(self.kept["predictions"])
+        before = set(self.evaluator.state.metrics)
+        self.report.epoch_completed(self.evaluator)
+        added = set(self.evaluator.state.metrics) - before
+        self.kept["report"] = {key: float(self.evaluator.state.metrics.pop(key)) for key in added}
+
+    def metrics(self) -> dict[str, float]:
+        """``best_epoch`` and ``best_<metric>`` of the kept epoch (ignite metrics, then the report's)."""
+        if not self.kept:
+            return {}
+        scores = {f"best_{key}": value for key, value in self.kept["metrics"].items()}
+        return {"best_epoch": self.kept["epoch"], **scores, **self.kept.get("report", {})}
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.kept)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.kept = dict(state)
 
 
 def logits_and_labels(output: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,6 +112,15 @@ class ClassificationReportHandler:
         self._labels: list[torch.Tensor] = []
         self._patients: list[str] = []
 
+    def state_dict(self) -> dict[str, Any]:
+        """The predictions collected so far (to keep one epoch's, e.g. the best, and report it later)."""
+        return {"probs": list(self._probs), "labels": list(self._labels), "patients": list(self._patients)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the collected predictions with ``state`` (from :meth:`state_dict`)."""
+        self._probs, self._labels = list(state["probs"]), list(state["labels"])
+        self._patients = list(state["patients"])
+
     def _label_indices(self, labels: torch.Tensor, n: int) -> torch.Tensor:
         labels = convert_to_tensor(labels, track_meta=False).detach().cpu()
         if labels.numel() == n:

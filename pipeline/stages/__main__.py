@@ -30,7 +30,7 @@ def _exec(args: argparse.Namespace) -> int:
             print(f"python -m pipeline.stages exec: error: {err}", file=sys.stderr)
             return 2
     # errors of the commands themselves keep their traceback
-    code = launch(commands, params, args.mlflow, args.experiment)
+    code = launch(commands, params, args.mlflow, args.experiment, args.stage)
     if OWN_PROCESS:
         gc.freeze()  # the interpreter's collections at exit would only walk long-lived objects (~1 s)
     return code
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mlflow", action="store_true", help="run the commands under the execution's MLflow parent"
     )
     run.add_argument("--experiment", default="hdkd", help="MLflow experiment (default %(default)s)")
+    run.add_argument("--stage", help="the DVC stage name, tagged on the commands' MLflow runs (dvc.stage)")
     run.add_argument(
         "command", nargs=argparse.REMAINDER, help="-- COMMAND [-- COMMAND ...]: each `--` starts a command"
     )

@@ -107,18 +107,29 @@ def launch(
     params: Mapping[str, Any],
     mlflow: bool = False,
     experiment: str = EXPERIMENT_NAME,
+    stage: str | None = None,
 ) -> int:
     """Run ``commands`` (:func:`run_commands`); with ``mlflow`` as children of the pipeline's MLflow
-    parent run (created with ``params`` logged when this is the execution's first MLflow stage).
+    parent run (created with ``params`` logged when this is the execution's first MLflow stage), after
+    checking that the store answers and takes writes (exit code 2 with a one-line error otherwise, before
+    any command runs). ``stage`` (the DVC stage name) is handed to the commands' runs as a tag.
     Returns the exit code."""
+    if stage:
+        from pipeline.tracking import STAGE_ENV
+
+        os.environ[STAGE_ENV] = stage
     if not mlflow:
         return run_commands(commands)
     from mlflow.tracking import MlflowClient
 
     from pipeline.experiment import close_parent_run, pipeline_parent_run
-    from pipeline.tracking import PARENT_RUN_ENV, configure_mlflow
+    from pipeline.tracking import PARENT_RUN_ENV, TrackingStoreError, check_store
 
-    client = MlflowClient(configure_mlflow())  # also exports MLFLOW_TRACKING_URI to the command
+    try:
+        client = MlflowClient(check_store(experiment))  # also exports MLFLOW_TRACKING_URI to the command
+    except TrackingStoreError as error:
+        print(f"python -m pipeline.stages exec: error: {error}", file=sys.stderr)
+        return 2
     parent, owned = pipeline_parent_run(client, experiment, params)
     if parent:
         os.environ[PARENT_RUN_ENV] = parent

@@ -5,8 +5,11 @@ evaluate bundle's ClassificationReportHandler) and the per-epoch training log
 (``<models>/<model>/training_log.csv``), measures the network's size and CPU cost
 (pipeline.evaluate.complexity), and writes
 
-- ``<metrics>/<model>.json``: the DVC metrics file (headline test metrics, their bootstrap CIs,
-  per-class sensitivity / specificity / AUC, parameters, GFLOPs, CPU latency);
+- ``<metrics>/<model>.json``: the DVC metrics file (headline test metrics, counts, parameters, GFLOPs:
+  what ``dvc exp show`` / ``dvc metrics diff`` compare);
+- ``<metrics>/details/<model>_details.json``: the rest, kept out of DVC's ``metrics:`` so comparisons stay
+  readable (bootstrap CIs, per-class sensitivity / specificity / AUC) and so the CPU latency, which
+  varies with the machine's load, never shows as a change of a model that was not retrained;
 - ``<metrics>/paired.json``: the paired HDKD - baseline difference in balanced accuracy, macro-F1 and
   macro AUC, with a 95% CI from patient-bootstrap resamples shared by both models
   (pipeline.evaluate.paired, from ``<eval>/<model>/predictions.csv``);
@@ -38,6 +41,7 @@ from pipeline.networks import build_network
 ROLES = {"teacher": "teacher", "baseline": "student", "hdkd": "hdkd"}
 BARS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
 CURVES = ("train_loss", "val_accuracy", "val_balanced_accuracy")
+DETAILS = ("ci95", "per_class", "cpu_latency_ms")  # not DVC metrics: wide, or (latency) machine noise
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -222,12 +226,15 @@ def write_report(
             )
         cost = complexity(model, profile, image_size, in_channels, len(class_names), latency_runs)
         metrics[model] = model_metrics(report, cost)
-    metrics_dir.mkdir(parents=True, exist_ok=True)
+    (metrics_dir / "details").mkdir(parents=True, exist_ok=True)
     files = []
     for model, values in metrics.items():
-        path = metrics_dir / f"{model}.json"
-        path.write_text(json.dumps(values, indent=2, allow_nan=False) + "\n")
-        files.append(path)
+        headline = {key: value for key, value in values.items() if key not in DETAILS}
+        details = {key: values[key] for key in DETAILS}
+        details_path = metrics_dir / "details" / f"{model}_details.json"
+        for path, content in ((metrics_dir / f"{model}.json", headline), (details_path, details)):
+            path.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
+            files.append(path)
     if paired is not None:
         comparison = paired_metrics(eval_dir, *paired, class_names, n_bootstrap, seed)
         path = metrics_dir / "paired.json"

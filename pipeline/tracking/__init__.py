@@ -1,36 +1,47 @@
 """MLflow wiring: one SQLite store, explicitly named runs, nesting under the pipeline's parent run.
 
 Every bundle run logs through MONAI's ``MLFlowHandler``; this module only prepares what the handler
-cannot: the store (created once, under a file lock), the run itself (named, tagged with its parent,
-its hyper-parameters and the executed config logged up front) and the handler bound to that run.
+cannot: the store (created once, under a file lock, checked to be reachable and writable), the run itself
+(named, tagged with its parent and its provenance -- pipeline.tracking.provenance --, its hyper-parameters
+and the executed config logged up front) and the handler bound to that run, which at the end also logs
+the kept checkpoint's validation scores and the model itself (pipeline.tracking.model).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from filelock import FileLock
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
+from mlflow.utils.time import get_current_time_millis
 from monai.handlers import MLFlowHandler
 from monai.utils import path_to_uri
 
 from pipeline.device import cpu_report
 
+logger = logging.getLogger(__name__)
+
 PARENT_RUN_ENV = "HDKD_MLFLOW_PARENT_RUN_ID"
+STAGE_ENV = "HDKD_DVC_STAGE"  # a run's DVC stage (set by `python -m pipeline.stages exec --stage`)
 PARENT_TAG = "mlflow.parentRunId"
 SQLITE_PREFIX = "sqlite:///"
+RUN_ID_FILE = "mlflow_run_id.txt"  # next to a training run's checkpoints
+TRAINING_RUN_TAG = "hdkd.training_run_id"  # on evaluation runs and registered versions
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+STORE_PROBE_TAG = "hdkd.pipeline"  # experiment tag written by check_store to prove the store takes writes
 
 
 def repo_root() -> Path:
     """The repository root: the folder holding the ``pipeline`` package."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def default_tracking_uri() -> str:
@@ -64,6 +75,59 @@ def configure_mlflow(tracking_uri: str | None = None) -> str:
             if not database.exists() or database.stat().st_size == 0:
                 MlflowClient(uri).search_experiments()  # creates the schema
     return uri
+
+
+class TrackingStoreError(ValueError):
+    """The MLflow store cannot be used (unreachable, read-only); the message names it and the fix."""
+
+
+def check_store(experiment_name: str, tracking_uri: str | None = None) -> str:
+    """Check that the tracking store answers (quickly: no retries) and takes writes (an idempotent tag on
+    ``experiment_name``); returns its URI. Raises :class:`TrackingStoreError` with a one-line message
+    naming the store and what to do, so a stage can fail before it writes anything."""
+    def fix(kind: str) -> str:
+        return f"or set MLFLOW_TRACKING_URI to a {kind} store (default {default_tracking_uri()})"
+
+    try:
+        uri = configure_mlflow(tracking_uri)
+    except OSError as error:
+        named = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        raise TrackingStoreError(
+            f"MLflow store {named} cannot be created ({error}); fix the path {fix('writable')}"
+        ) from error
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
+    client = MlflowClient(uri)
+    try:
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as error:  # whatever the store or the network raises: it did not answer
+            raise TrackingStoreError(
+                f"MLflow store {uri} is unreachable ({_first_line(error)}); start its server "
+                f"{fix('reachable')}"
+            ) from error
+        try:
+            experiment_id = get_or_create_experiment(client, experiment_name)
+            client.set_experiment_tag(experiment_id, STORE_PROBE_TAG, "python -m pipeline.stages")
+        except mlflow.exceptions.MlflowException as error:
+            raise TrackingStoreError(
+                f"MLflow store {uri} does not take writes ({_first_line(error)}); make it writable "
+                f"{fix('writable')}"
+            ) from error
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return uri
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception's message (store errors carry whole SQL statements)."""
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
 
 
 def artifact_location(uri: str) -> str | None:
@@ -127,26 +191,30 @@ def start_run(
     tracking_uri: str | None = None,
     run_id_file: str | Path | None = None,
     resume: bool = False,
+    source: str = "",
 ) -> str:
     """Create the MLflow run ``run_name`` in ``experiment_name`` and return its id.
 
-    The run is a child of ``HDKD_MLFLOW_PARENT_RUN_ID`` when that is set; ``params`` are flattened and
-    logged; ``artifacts`` maps a file name to JSON-ready content logged as a JSON artifact (e.g. the
-    executed config). With ``run_id_file`` the id is written there; with ``resume`` as well, the run
-    recorded in that file is continued (a training run resumed from its checkpoint keeps one run).
+    The run is a child of ``HDKD_MLFLOW_PARENT_RUN_ID`` when that is set and carries its provenance
+    (pipeline.tracking.provenance: user, ``source`` -- e.g. the bundle config --, git commit, DVC stage and
+    data hashes; ``tags`` win); ``params`` are flattened and logged; ``artifacts`` maps a file name to
+    JSON-ready content logged as a JSON artifact (e.g. the executed config). With ``run_id_file`` the id
+    is written there; with ``resume`` as well, the run recorded in that file is continued (a training run
+    resumed from its checkpoint keeps one run).
     """
+    from pipeline.tracking.provenance import provenance_tags
+
     client = MlflowClient(configure_mlflow(tracking_uri))
     run_id = _resumable_run(client, run_id_file) if resume and run_id_file else None
     if run_id is None:
-        all_tags = {**cpu_report().tags(), **(tags or {})}  # which CPU the run's timings came from
+        all_tags = {**cpu_report().tags(), **provenance_tags(repo_root(), source, STAGE_ENV, tags)}
         parent = parent_run_id(client)
         if parent:
             all_tags[PARENT_TAG] = parent
         experiment_id = get_or_create_experiment(client, experiment_name)
         run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
         if params:
-            for key, value in flatten_params(params).items():
-                client.log_param(run_id, key, value)
+            client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(params).items()])
     else:
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     for name, content in (artifacts or {}).items():
@@ -170,11 +238,23 @@ def _resumable_run(client: MlflowClient, run_id_file: str | Path) -> str | None:
     return run_id
 
 
-def activate_run(run_id: str) -> str:
+def activate_run(run_id: str, dataset: str | Path | None = None, dataset_context: str = "testing") -> str:
     """Make ``run_id`` the active MLflow run of this process (handlers that log to ``mlflow.active_run()``,
-    such as the evaluation report, then log to it); returns the id."""
+    such as the evaluation report, then log to it) and log ``dataset`` (a split CSV) as its input under
+    ``dataset_context``; returns the id."""
+    from pipeline.tracking.provenance import log_split_dataset
+
     mlflow.start_run(run_id=run_id)
+    if dataset:
+        log_split_dataset(dataset, dataset_context)
     return run_id
+
+
+def training_run_of(checkpoint: str | Path) -> str:
+    """The id of the MLflow run that trained ``checkpoint`` (``mlflow_run_id.txt`` next to it, written by
+    the training bundle), or "" when it is not recorded."""
+    path = Path(checkpoint).parent / RUN_ID_FILE
+    return path.read_text().strip() if path.is_file() else ""
 
 
 def end_run() -> None:
@@ -188,25 +268,58 @@ class RunMLFlowHandler(MLFlowHandler):
 
     The stock handler picks "the latest unfinished run of that name", which after an interrupted run is
     the wrong one; binding by id removes the guess. An exception in the engine marks the run FAILED.
+    At COMPLETED it also logs, when given: ``final_metrics`` (a callable returning e.g. the kept
+    checkpoint's ``best_val_*`` and ``best_epoch``), ``dataset`` (the split CSV, as the run's training
+    dataset) and ``model_checkpoint`` with ``model_config`` (the keyword arguments of
+    pipeline.tracking.model.model_config), logged as the run's pyfunc model ``model``.
     """
 
-    def __init__(self, run_id: str, tracking_uri: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        tracking_uri: str | None = None,
+        final_metrics: Callable[[], Mapping[str, float]] | None = None,
+        dataset: str | Path | None = None,
+        model_checkpoint: str | Path | None = None,
+        model_config: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         uri = configure_mlflow(tracking_uri)
         super().__init__(tracking_uri=uri, **kwargs)
         self.cur_run = self.client.get_run(run_id)
         self.experiment = self.client.get_experiment(self.cur_run.info.experiment_id)
         self.experiment_name = self.experiment.name
+        self.final_metrics, self.dataset = final_metrics, dataset
+        self.model_checkpoint, self.model_config = model_checkpoint, model_config
 
     def complete(self) -> None:
         """Log ``artifacts`` at COMPLETED: a file at the top level, a folder as a folder of that name (the
-        stock handler flattens folders, so a ``validation/`` report would mix with other files)."""
+        stock handler flattens folders, so a ``validation/`` report would mix with other files); then the
+        final metrics, the dataset and the model."""
         if self.cur_run is None:
             return
+        run_id = self.cur_run.info.run_id
         for path in map(Path, (p for p in self.artifacts if p)):
             if path.is_dir():
-                self.client.log_artifacts(self.cur_run.info.run_id, str(path), artifact_path=path.name)
+                self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
             elif path.is_file():
-                self.client.log_artifact(self.cur_run.info.run_id, str(path))
+                self.client.log_artifact(run_id, str(path))
+        if self.final_metrics is not None:
+            now = get_current_time_millis()
+            metrics = [Metric(key, float(value), now, 0) for key, value in self.final_metrics().items()]
+            self.client.log_batch(run_id, metrics=metrics)
+        if self.dataset or self.model_checkpoint:
+            from pipeline.tracking.model import log_classifier, model_config
+            from pipeline.tracking.provenance import log_split_dataset
+
+            started = time.perf_counter()
+            with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+                if self.dataset:
+                    log_split_dataset(self.dataset, "training")
+                if self.model_checkpoint:
+                    log_classifier(self.model_checkpoint, model_config(**(self.model_config or {})))
+            seconds = time.perf_counter() - started
+            logger.info("logged the dataset and model of run %s in %.1f s", run_id, seconds)
 
     def attach(self, engine: Any) -> None:
         """Attach MONAI's handlers plus one that marks the run FAILED on an engine exception."""
