@@ -76,6 +76,12 @@ def export_onnx(
     return path
 
 
+def file_opset(path: str | Path) -> int:
+    """The default-domain opset an ONNX file really declares (torch may write a newer one than asked)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
 def export_torchscript(network: nn.Module, path: str | Path, image_size: int, in_channels: int) -> Path:
     """Trace ``network``'s eval-mode logits path and save it as TorchScript at ``path``."""
     path = Path(path)
@@ -195,7 +201,7 @@ def export_network(
         "onnx": {
             "file": onnx_path.name,
             "sha256": _sha256(onnx_path),
-            "opset": opset,
+            "opset": file_opset(onnx_path),
             "input": f"{INPUT_NAME} [batch, {in_channels}, {image_size}, {image_size}] float32",
             "output": f"{OUTPUT_NAME} [batch, classes]",
             "max_abs_diff": verify_onnx(network, onnx_path, batch_sizes, atol),

@@ -52,6 +52,9 @@ def test_cli_export_matches_torch_with_a_dynamic_batch(tmp_path):
     assert record["parameters"] == sum(p.numel() for p in network.parameters())
     assert 0 <= record["onnx"]["max_abs_diff"] <= 1e-4 and 0 <= record["torchscript"]["max_abs_diff"] <= 1e-4
     assert record["verified_batch_sizes"] == [1, 3] and len(record["onnx"]["sha256"]) == 64
+    # the record states the opset the file declares
+    (declared,) = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
+    assert record["onnx"]["opset"] == declared
 
     # verification fails loudly for a network that the file does not reproduce
     assert verify_onnx(network, out / "student.onnx", batch_sizes=(2,)) <= 1e-4
