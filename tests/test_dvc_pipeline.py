@@ -153,7 +153,7 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
     # details file that is not a DVC metric (readable `dvc exp show`, latency never "changed")
     shown = json.loads(dvc(repo, env, "metrics", "show", "--json").stdout)
     files = next(iter(shown.values()))["data"]
-    assert set(files) == {f"metrics/{model}.json" for model in MODELS}
+    assert set(files) == {f"metrics/{model}.json" for model in MODELS} | {"metrics/paired.json"}
     for model in MODELS:
         metrics = files[f"metrics/{model}.json"]["data"]
         details = json.loads((repo / "metrics" / "details" / f"{model}_details.json").read_text())
@@ -171,10 +171,12 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
         > files["metrics/baseline.json"]["data"]["parameters"]
     )
     # the paired HDKD - baseline difference, from the same patient resamples for both models
-    paired = files["metrics/paired.json"]["data"]
+    paired = json.loads((repo / "metrics" / "details" / "paired_details.json").read_text())
     assert paired["comparison"] == "hdkd - baseline"
     for name in ("balanced_accuracy", "macro_f1", "macro_auc"):
         entry = paired[name]
+        headline = files["metrics/paired.json"]["data"][name]
+        assert headline == {"difference": entry["difference"], "ci95": entry["ci95"]}
         hdkd, baseline = (files[f"metrics/{model}.json"]["data"][name] for model in ("hdkd", "baseline"))
         assert (entry["hdkd"], entry["baseline"]) == (pytest.approx(hdkd), pytest.approx(baseline))
         assert entry["difference"] == pytest.approx(hdkd - baseline, abs=1e-9)
@@ -184,7 +186,7 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert json.loads(dvc(repo, env, "status", "dvc.yaml", "--json").stdout) == {}
     changed = [line[3:] for line in git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()]
     expected = {"dvc.lock", "metrics/paired.json", *(f"metrics/{model}.json" for model in MODELS)}
-    expected |= {f"metrics/details/{model}_details.json" for model in MODELS}
+    expected |= {f"metrics/details/{model}_details.json" for model in (*MODELS, "paired")}
     assert [path for path in changed if path not in expected and not path.endswith(".gitignore")] == []
 
     # exact dependencies: only `distill` reads distill.lambda (its new weights then re-run evaluate

@@ -12,7 +12,8 @@ evaluate bundle's ClassificationReportHandler) and the per-epoch training log
   varies with the machine's load, never shows as a change of a model that was not retrained;
 - ``<metrics>/paired.json``: the paired HDKD - baseline difference in balanced accuracy, macro-F1 and
   macro AUC, with a 95% CI from patient-bootstrap resamples shared by both models
-  (pipeline.evaluate.paired, from ``<eval>/<model>/predictions.csv``);
+  (pipeline.evaluate.paired, from ``<eval>/<model>/predictions.csv``); both models' values, the mean
+  resampled difference and the undefined resamples are in ``<metrics>/details/paired_details.json``;
 - ``<plots>/comparison.png`` (+ ``comparison.csv``) and ``<plots>/training_curves.png``
   (+ ``training_curves.csv``);
 - and, inside a pipeline execution, logs all of it to the MLflow parent run (metric keys
@@ -237,9 +238,13 @@ def write_report(
             files.append(path)
     if paired is not None:
         comparison = paired_metrics(eval_dir, *paired, class_names, n_bootstrap, seed)
-        path = metrics_dir / "paired.json"
-        path.write_text(json.dumps(comparison, indent=2, allow_nan=False) + "\n")
-        files.append(path)
+        headline = {name: {key: comparison[name][key] for key in ("difference", "ci95")} for name in PAIRED}
+        for path, content in (
+            (metrics_dir / "paired.json", headline),
+            (metrics_dir / "details" / "paired_details.json", comparison),
+        ):
+            path.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
+            files.append(path)
     plots_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(metrics)
     table.to_csv(plots_dir / "comparison.csv", index=False)
