@@ -168,6 +168,9 @@ SCHEMA: dict[str, Check] = {
     "export.int8_min_agreement": unit_interval,
     "efficiency.fractions": each(fraction),
     "efficiency.seeds": each(count(0)),
+    "efficiency.steps_per_epoch": count(1),
+    "lambda_search.values": each(non_negative),
+    "lambda_search.seeds": each(count(0)),
 }
 
 
