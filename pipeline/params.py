@@ -18,6 +18,7 @@ import yaml
 
 PARAMS_FILE = "params.yaml"
 DISTILLATION_TYPES = ("soft", "hard", "none")
+KD_REDUCTIONS = ("published", "batchmean")  # pipeline.distill.losses.KD_REDUCTIONS
 PROFILES = ("demo", "published")
 CHANNELS = (1, 3)
 
@@ -157,7 +158,11 @@ SCHEMA: dict[str, Check] = {
     "teacher.lr_schedule": one_of("constant", "cosine"),  # pipeline.bundle.schedules.LR_SCHEDULES
     "student.weight_decay": non_negative,
     "student.warmup_epochs": count(0),
+    "student.warmup_lr": non_negative,
+    "student.min_lr": non_negative,
+    "student.cooldown_epochs": count(0),
     "distill.type": one_of(*DISTILLATION_TYPES),
+    "distill.kd_reduction": one_of(*KD_REDUCTIONS),
     "distill.alpha": unit_interval,
     "distill.tau": positive,
     "distill.lambda": non_negative,

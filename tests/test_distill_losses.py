@@ -35,13 +35,15 @@ def output(
     return HDKDOutput(cls if dist is None else (cls + dist) / 2, cls, dist, features)
 
 
-def test_soft_kd_is_batchmean_kl_teacher_to_student() -> None:
+def test_soft_kd_is_summed_kl_teacher_to_student_over_batch_times_classes() -> None:
     student, teacher = [[0.0, 0.0], [1.0, -1.0]], [[math.log(3.0), 0.0], [0.0, 0.0]]
     expected = (
         kl(softmax(teacher[0]), softmax(student[0])) + kl(softmax(teacher[1]), softmax(student[1]))
     ) / 2
     value = logit_kd_loss(torch.tensor(student), torch.tensor(teacher), "soft", 1.0)
-    assert value.item() == pytest.approx(expected, rel=1e-6)
+    assert value.item() == pytest.approx(expected / 2, rel=1e-6)  # 2 images x 2 classes
+    batchmean = logit_kd_loss(torch.tensor(student), torch.tensor(teacher), "soft", 1.0, "batchmean")
+    assert batchmean.item() == pytest.approx(expected, rel=1e-6)
     assert 2 * expected == pytest.approx(
         0.75 * math.log(1.5) + 0.25 * math.log(0.5) + kl([0.5, 0.5], softmax([1, -1]))
     )
@@ -52,7 +54,7 @@ def test_soft_kd_softens_by_tau_and_scales_by_tau_squared(tau: float) -> None:
     student, teacher = [1.0, 0.0, -2.0], [3.0, 0.5, 0.0]
     soft = kl(softmax([v / tau for v in teacher]), softmax([v / tau for v in student]))
     value = logit_kd_loss(torch.tensor([student]), torch.tensor([teacher]), "soft", tau)
-    assert value.item() == pytest.approx(tau**2 * soft, rel=1e-5)
+    assert value.item() == pytest.approx(tau**2 * soft / 3, rel=1e-5)  # 1 image x 3 classes
 
 
 def test_hard_kd_is_cross_entropy_on_teacher_argmax() -> None:
@@ -70,10 +72,11 @@ def test_no_kd_is_zero() -> None:
         ((1, 2, 3), 1.0, 1 * 1 + 2 * 4 + 3 * 9),
         ((1, 2, 3), 2.0, 1 * 1 + 4 * 4 + 9 * 9),
         ((2,), 0.0, 4),
-        ((3, 1), 1.0, 28),
+        ((2, 3), 2.0, 1 * 4 + 4 * 9),
+        ((3, 1), 1.0, 1 * 9 + 2 * 1),  # the weight follows the position in the list, as published
     ],
 )
-def test_feature_kd_weights_stage_k_by_k_to_the_a(
+def test_feature_kd_weights_the_kth_distilled_stage_by_k_to_the_a(
     stages: tuple[int, ...], exponent: float, expected: float
 ) -> None:
     # stage k differs by k everywhere: MSE_k = k**2
@@ -97,16 +100,17 @@ def test_total_combines_the_terms_with_alpha_and_lambda() -> None:
     )
     assert terms["ce"].item() == pytest.approx(math.log(2.0))  # on the cls head, not the mean
     assert terms["logit_kd"].item() == pytest.approx(0.0, abs=1e-7)  # distill head equals the teacher
-    assert terms["feature_kd"].item() == pytest.approx(1.0 + 3.0)
-    assert terms["loss"].item() == pytest.approx(0.75 * math.log(2.0) + 2.0 * 4.0)
+    assert terms["feature_kd"].item() == pytest.approx(1.0 + 2.0)  # stage 1 weighs 1, stage 3 (2nd) 2
+    assert terms["loss"].item() == pytest.approx(0.75 * math.log(2.0) + 2.0 * 3.0)
 
 
 def test_student_without_distillation_token_distils_its_cls_head() -> None:
     student = output([[0.0, 0.0]], maps(0.0, 0.0, 0.0))
     teacher = output([[math.log(3.0), 0.0]], maps(0.0, 0.0, 0.0))
     terms = HDKDLoss()(student, teacher, torch.tensor([[1]]))
-    assert terms["logit_kd"].item() == pytest.approx(kl([0.75, 0.25], [0.5, 0.5]), rel=1e-6)
-    assert terms["loss"].item() == pytest.approx(0.5 * math.log(2.0) + 0.5 * kl([0.75, 0.25], [0.5, 0.5]))
+    kd = kl([0.75, 0.25], [0.5, 0.5]) / 2  # 1 image x 2 classes
+    assert terms["logit_kd"].item() == pytest.approx(kd, rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(0.5 * math.log(2.0) + 0.5 * kd)
 
 
 def test_without_teacher_the_loss_is_plain_cross_entropy() -> None:
@@ -123,7 +127,7 @@ def test_hard_and_none_kd_through_the_loss_class() -> None:
     assert hard["logit_kd"].item() == pytest.approx(math.log(4.0))
     none = HDKDLoss(kd_type="none")(student, teacher, torch.tensor([0]))
     assert none["logit_kd"].item() == 0.0
-    assert none["loss"].item() == pytest.approx(0.5 * math.log(2.0))
+    assert none["loss"].item() == pytest.approx(math.log(2.0))  # unweighted CE, as published
 
 
 @pytest.mark.parametrize(
@@ -134,6 +138,7 @@ def test_hard_and_none_kd_through_the_loss_class() -> None:
         ({"tau": 0.0}, "tau"),
         ({"feature_weight": -1.0}, "feature_weight"),
         ({"kd_type": "cosine"}, "kd_type"),
+        ({"kd_reduction": "sum"}, "kd_reduction"),
         ({"stages": (0, 1)}, "stages"),
         ({"stages": (1, 4)}, "stages"),
         ({"stages": (2, 2)}, "stages"),

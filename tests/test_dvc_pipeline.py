@@ -164,11 +164,20 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
         files["metrics/hdkd.json"]["data"]["parameters"]
         > files["metrics/baseline.json"]["data"]["parameters"]
     )
+    # the paired HDKD - baseline difference, from the same patient resamples for both models
+    paired = files["metrics/paired.json"]["data"]
+    assert paired["comparison"] == "hdkd - baseline"
+    for name in ("balanced_accuracy", "macro_f1", "macro_auc"):
+        entry = paired[name]
+        hdkd, baseline = (files[f"metrics/{model}.json"]["data"][name] for model in ("hdkd", "baseline"))
+        assert (entry["hdkd"], entry["baseline"]) == (pytest.approx(hdkd), pytest.approx(baseline))
+        assert entry["difference"] == pytest.approx(hdkd - baseline, abs=1e-9)
+        assert -1.0 <= entry["ci95"]["low"] <= entry["mean"] <= entry["ci95"]["high"] <= 1.0
 
     # nothing left to do, and git sees only what DVC tracks for it
     assert json.loads(dvc(repo, env, "status", "dvc.yaml", "--json").stdout) == {}
     changed = [line[3:] for line in git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()]
-    expected = {"dvc.lock", *(f"metrics/{model}.json" for model in MODELS)}
+    expected = {"dvc.lock", "metrics/paired.json", *(f"metrics/{model}.json" for model in MODELS)}
     assert [path for path in changed if path not in expected and not path.endswith(".gitignore")] == []
 
     # exact dependencies: only `distill` reads distill.lambda (its new weights then re-run evaluate
@@ -198,6 +207,7 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert len(children) >= 6  # three trainings and three evaluations
     side_by_side = {key for (key,) in db.execute("SELECT key FROM metrics WHERE run_uuid = ?", (parent,))}
     assert {f"{model}.balanced_accuracy" for model in MODELS} <= side_by_side
+    assert {"paired.balanced_accuracy.difference", "paired.macro_f1.ci95.low"} <= side_by_side
     db.close()
 
     # privacy: no identifier of the raw DICOM headers in any output, log or MLflow record

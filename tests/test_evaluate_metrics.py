@@ -12,10 +12,12 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score,
 
 from pipeline.evaluate.metrics import (
     ECE_BINS,
+    PAIRED,
     classification_report,
     confusion_metrics,
     ece_bin_index,
     expected_calibration_error,
+    paired_difference,
     weighted_ovr_auc,
 )
 
@@ -199,3 +201,75 @@ def test_ece_bins_are_right_closed_and_cover_zero_to_one():
     sums = np.zeros(ECE_BINS * 3)
     sums[[0, 1, 2]] = [10, 5.0, 5.0]  # 10 samples, mean confidence 0.5, accuracy 0.5
     assert expected_calibration_error(sums) == pytest.approx(0.0)
+
+
+def clustered_problem(patients: int = 40, slices: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Patient ids and labels of ``patients`` x ``slices`` slices, each patient with one class."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat([f"p{i:02d}" for i in range(patients)], slices)
+    labels = np.repeat(rng.integers(0, 3, patients), slices)
+    return groups, labels
+
+
+def test_macro_f1_interval_leaves_out_resamples_that_miss_a_class():
+    # a perfect classifier, class c held by a single patient: a resample without that patient is
+    # undefined for macro-F1 (it used to score c's F1 as 0 and pull the interval down to 2/3)
+    groups, labels = clustered_problem()
+    labels[labels == 2] = 0
+    labels[groups == "p00"] = 2
+    report = classification_report(labels, one_hot_probs(list(labels)), NAMES, groups=groups, n_bootstrap=300)
+    assert report["macro_f1"] == 1.0
+    assert report["ci"]["macro_f1"] == [1.0, 1.0]
+    undefined = report["bootstrap"]["undefined"]["macro_f1"]
+    assert 0 < undefined < 300 and undefined == report["bootstrap"]["undefined"]["sensitivity/c"]
+
+
+def test_paired_difference_of_a_model_with_itself_is_exactly_zero():
+    groups, labels = clustered_problem(seed=1)
+    _, probs = random_problem(len(labels), seed=2)
+    paired = paired_difference(labels, probs, probs, NAMES, groups=groups, n_bootstrap=200)
+    for name in PAIRED:
+        assert paired[name]["difference"] == 0.0 and paired[name]["ci"] == [0.0, 0.0], name
+    assert paired["n_groups"] == 40 and paired["bootstrap"]["unit"] == "group"
+
+
+def test_paired_difference_uses_the_same_resamples_for_both_models():
+    # both models are wrong on patients p10-p15 and the reference also on p05: on every shared resample
+    # the reference scores at most the model, so the whole paired interval is >= 0 (independent
+    # resamples, where the two models' shared errors vary separately, would give negative differences)
+    groups, labels = clustered_problem(seed=3)
+    wrong = np.isin(groups, [f"p{i}" for i in range(10, 16)])
+    predicted = np.where(wrong, (labels + 1) % 3, labels)
+    worse = np.where(groups == "p05", (labels + 1) % 3, predicted)
+    probs, reference = one_hot_probs(list(predicted)), one_hot_probs(list(worse))
+    paired = paired_difference(labels, probs, reference, NAMES, groups=groups, n_bootstrap=400)
+    for name in PAIRED:
+        entry = paired[name]
+        low, high = entry["ci"]
+        assert entry["difference"] > 0 and 0 <= low <= entry["mean"] <= high, name
+    unpaired = (
+        classification_report(labels, probs, NAMES, groups=groups, n_bootstrap=400, seed=1)["ci"],
+        classification_report(labels, reference, NAMES, groups=groups, n_bootstrap=400, seed=2)["ci"],
+    )
+    # the single models' intervals overlap widely: only the pairing shows the difference
+    assert unpaired[1]["balanced_accuracy"][1] > unpaired[0]["balanced_accuracy"][0]
+
+
+def test_paired_difference_point_and_interval_match_the_two_reports():
+    groups, labels = clustered_problem(seed=4)
+    _, probs = random_problem(len(labels), signal=2.0, seed=5)
+    _, reference = random_problem(len(labels), signal=0.5, seed=6)
+    paired = paired_difference(labels, probs, reference, NAMES, groups=groups, n_bootstrap=300, seed=9)
+    model = classification_report(labels, probs, NAMES, groups=groups, n_bootstrap=0)
+    base = classification_report(labels, reference, NAMES, groups=groups, n_bootstrap=0)
+    for name in PAIRED:
+        assert paired[name]["difference"] == pytest.approx(model[name] - base[name]), name
+        low, high = paired[name]["ci"]
+        assert low < paired[name]["mean"] < high, name
+    again = paired_difference(labels, probs, reference, NAMES, groups=groups, n_bootstrap=300, seed=9)
+    assert again == paired
+    json.dumps(paired, allow_nan=False)
+    with pytest.raises(ValueError, match="n_bootstrap must be >= 1"):
+        paired_difference(labels, probs, reference, NAMES, groups=groups, n_bootstrap=0)
+    with pytest.raises(ValueError, match="probs must have shape"):
+        paired_difference(labels, probs, reference[:, :2], NAMES, groups=groups)

@@ -41,6 +41,7 @@ def test_shipped_params_are_valid_and_complete() -> None:
         ("teacher.lr", -0.001, "> 0"),
         ("student.lr", 0, "> 0"),
         ("distill.type", "medium", "one of"),
+        ("distill.kd_reduction", "mean", "one of"),
         ("distill.lambda", -1.0, ">= 0"),
         ("distill.alpha", 1.5, "[0, 1]"),
         ("distill.tau", 0, "> 0"),

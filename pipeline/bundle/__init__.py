@@ -20,7 +20,7 @@ from pipeline.bundle.handlers import (
 )
 from pipeline.bundle.preflight import check_choice, check_split, class_list, flag, load_teacher, load_trained
 from pipeline.bundle.resume import prepare_models_dir
-from pipeline.bundle.schedules import lr_schedule
+from pipeline.bundle.schedules import lr_schedule, training_epochs, weight_decay_groups
 from pipeline.bundle.workflow import check_overrides, executed_config
 from pipeline.tracking import repo_root
 
@@ -48,5 +48,7 @@ __all__ = [
     "rank",
     "repo_root",
     "shutdown_distributed",
+    "training_epochs",
+    "weight_decay_groups",
     "world_size",
 ]

@@ -1,9 +1,12 @@
 """HDKD loss: cross-entropy + logit distillation + stage-weighted feature distillation.
 
 ``loss = (1 - alpha) * CE(cls_logits, y) + alpha * KD(distill_logits, teacher_logits)
-+ feature_weight * sum_k k**stage_exponent * MSE(S_k, T_k)`` over the distilled stages k (1-based).
-Without a teacher the loss is plain cross-entropy on the class-token head, so the teacher, the
-baseline student and the HDKD student all train through the same class.
++ feature_weight * sum_k k**stage_exponent * MSE(S_k, T_k)`` over the distilled stages k (1-based;
+k counts the distilled stages in order, so with the default stages 1..3 it is the stage number),
+as published: soft KD is normalised by the logits' element count (``kd_reduction="published"``) and
+``kd_type="none"`` trains on the unweighted CE plus the feature term. Without a teacher the loss is
+plain cross-entropy on the class-token head, so the teacher, the baseline student and the HDKD student
+all train through the same class.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from torch import nn
 from pipeline.networks.output import HDKDOutput
 
 KD_TYPES = ("soft", "hard", "none")
+# How soft KD's summed KL divergence is divided: "published" by batch * classes (the published code's,
+# DeiT's legacy normalisation), "batchmean" by the batch only (``classes`` times larger).
+KD_REDUCTIONS = ("published", "batchmean")
 STAGES = (1, 2, 3)
 TERMS = ("ce", "logit_kd", "feature_kd")
 
@@ -26,6 +32,12 @@ def check_kd_type(kind: str) -> None:
     """Raise ValueError unless ``kind`` is one of ``KD_TYPES``."""
     if kind not in KD_TYPES:
         raise ValueError(f"kd_type must be one of {KD_TYPES}, got {kind!r}")
+
+
+def check_kd_reduction(reduction: str) -> None:
+    """Raise ValueError unless ``reduction`` is one of ``KD_REDUCTIONS``."""
+    if reduction not in KD_REDUCTIONS:
+        raise ValueError(f"kd_reduction must be one of {KD_REDUCTIONS}, got {reduction!r}")
 
 
 def check_stages(stages: Sequence[int]) -> tuple[int, ...]:
@@ -39,14 +51,21 @@ def check_stages(stages: Sequence[int]) -> tuple[int, ...]:
 
 
 def logit_kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, tau: float
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str,
+    tau: float,
+    reduction: str = "published",
 ) -> torch.Tensor:
     """Logit distillation term (a scalar, computed in float32).
 
-    "soft": ``tau**2 * KL(softmax(teacher / tau) || softmax(student / tau))`` averaged over the batch;
-    "hard": cross-entropy against the teacher's argmax; "none": zero.
+    "soft": ``tau**2 * sum KL(softmax(teacher / tau) || softmax(student / tau))`` over the batch, divided
+    by batch * classes (``reduction="published"``) or by the batch (``"batchmean"``, ``classes`` times
+    larger); "hard": cross-entropy against the teacher's argmax; "none": zero. ``reduction`` only
+    affects "soft".
     """
     check_kd_type(kind)
+    check_kd_reduction(reduction)
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     if student_logits.shape != teacher_logits.shape:
@@ -59,13 +78,14 @@ def logit_kd_loss(
         return student.new_zeros(())
     if kind == "hard":
         return F.cross_entropy(student, teacher.argmax(dim=1))
-    divergence = F.kl_div(
+    summed = F.kl_div(
         F.log_softmax(student / tau, dim=1),
         F.log_softmax(teacher / tau, dim=1),
-        reduction="batchmean",
+        reduction="sum",
         log_target=True,
     )
-    return divergence * tau**2
+    divisor = student.numel() if reduction == "published" else student.shape[0]
+    return summed * tau**2 / divisor
 
 
 def feature_kd_loss(
@@ -74,19 +94,22 @@ def feature_kd_loss(
     stages: Sequence[int] = STAGES,
     exponent: float = 1.0,
 ) -> torch.Tensor:
-    """``sum_k k**exponent * MSE(student_k, teacher_k)`` over the 1-based ``stages`` (a float32 scalar)."""
+    """``sum_j j**exponent * MSE(student_k_j, teacher_k_j)`` over the distilled ``stages`` k_1, k_2, ...
+    (1-based stage numbers), a float32 scalar. As published, the weight follows the position j in
+    ``stages``: with the default (1, 2, 3), stage k weighs ``k**exponent``; ``stages=(2, 3)`` weighs
+    stage 2 by 1 and stage 3 by ``2**exponent``."""
     chosen = check_stages(stages)
     if not math.isfinite(exponent):
         raise ValueError(f"stage_exponent must be finite, got {exponent}")
     total = student_features[0].new_zeros((), dtype=torch.float32)
-    for stage in chosen:
+    for position, stage in enumerate(chosen, 1):
         student, teacher = student_features[stage - 1], teacher_features[stage - 1]
         if student.shape != teacher.shape:
             raise ValueError(
                 f"stage {stage} features differ in shape: student {tuple(student.shape)}, "
                 f"teacher {tuple(teacher.shape)}"
             )
-        total = total + stage**exponent * F.mse_loss(student.float(), teacher.float())
+        total = total + position**exponent * F.mse_loss(student.float(), teacher.float())
     return total
 
 
@@ -107,12 +130,14 @@ class HDKDLoss(nn.Module):
 
     Args:
         alpha: weight of the logit-KD term, ``1 - alpha`` weighs CE (in [0, 1]). With ``kd_type="none"``
-            CE keeps the weight ``1 - alpha``: use ``alpha=0`` for feature-only distillation.
+            there is no logit-KD term and CE is unweighted, as published (``alpha`` is unused).
         tau: softmax temperature of soft KD (> 0); the term is scaled by ``tau**2``.
         kd_type: "soft" (KL divergence), "hard" (CE on the teacher's argmax) or "none".
+        kd_reduction: soft KD's normalisation, "published" (summed KL / (batch * classes)) or
+            "batchmean" (summed KL / batch, ``classes`` times the published term). Only "soft" uses it.
         feature_weight: lambda, the weight of the feature term (>= 0).
-        stage_exponent: a, stage k is weighted ``k**a``.
-        stages: the distilled stages, a subset of (1, 2, 3).
+        stage_exponent: a, the k-th distilled stage is weighted ``k**a``.
+        stages: the distilled stages, distinct members of (1, 2, 3) in weighting order.
     """
 
     def __init__(
@@ -123,6 +148,7 @@ class HDKDLoss(nn.Module):
         feature_weight: float = 10.0,
         stage_exponent: float = 1.0,
         stages: Sequence[int] = STAGES,
+        kd_reduction: str = "published",
     ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
@@ -130,6 +156,7 @@ class HDKDLoss(nn.Module):
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau}")
         check_kd_type(kd_type)
+        check_kd_reduction(kd_reduction)
         if not feature_weight >= 0:
             raise ValueError(f"feature_weight (lambda) must be >= 0, got {feature_weight}")
         if not math.isfinite(stage_exponent):
@@ -137,6 +164,7 @@ class HDKDLoss(nn.Module):
         self.alpha = float(alpha)
         self.tau = float(tau)
         self.kd_type = kd_type
+        self.kd_reduction = kd_reduction
         self.feature_weight = float(feature_weight)
         self.stage_exponent = float(stage_exponent)
         self.stages = check_stages(stages)
@@ -162,11 +190,12 @@ class HDKDLoss(nn.Module):
         kd_logits = (
             student_out.cls_logits if student_out.distill_logits is None else student_out.distill_logits
         )
-        logit_kd = logit_kd_loss(kd_logits, teacher_out.logits, self.kd_type, self.tau)
+        logit_kd = logit_kd_loss(kd_logits, teacher_out.logits, self.kd_type, self.tau, self.kd_reduction)
         feature_kd = (
             feature_kd_loss(student_out.features, teacher_out.features, self.stages, self.stage_exponent)
             if self.uses_features
             else zero
         )
-        loss = (1.0 - self.alpha) * ce + self.alpha * logit_kd + self.feature_weight * feature_kd
+        logit_part = ce if self.kd_type == "none" else (1.0 - self.alpha) * ce + self.alpha * logit_kd
+        loss = logit_part + self.feature_weight * feature_kd
         return {"loss": loss, "ce": ce, "logit_kd": logit_kd, "feature_kd": feature_kd}

@@ -10,7 +10,9 @@ Conventions:
 - ``confusion_matrix[i][j]``: samples of true class i predicted as class j (prediction = arg-max prob).
 - balanced accuracy: mean recall over the classes present (scikit-learn's definition).
 - macro-F1: mean F1 over all classes, a class with no true and no predicted samples scores 0
-  (scikit-learn ``zero_division=0``).
+  (scikit-learn ``zero_division=0``) in the point estimate. In a bootstrap resample, macro-F1 is
+  undefined when any class has no true sample (like the macro AUC): scoring the missing class 0 would
+  pull the interval down for every resample that happens to miss a rare class's patients.
 - AUC: one-vs-rest ROC AUC of ``probs[:, k]`` per class; ties count one half. ``macro_auc`` is their
   unweighted mean, and undefined (None) when any class has no positive or no negative sample.
 - ECE: top-label expected calibration error over ``ECE_BINS`` = 15 equal-width bins of the confidence
@@ -18,8 +20,10 @@ Conventions:
   ``sum_b n_b / n * |accuracy_b - mean confidence_b|``.
 - CIs: percentile method, ``[q((1-ci)/2), q((1+ci)/2)]`` of the resampled statistic. A resample in which
   a statistic is undefined (for AUC and sensitivity: a class without positives or negatives; the macro
-  AUC whenever any class AUC is undefined) is left out of that statistic's percentiles;
-  ``bootstrap["undefined"]`` counts the resamples left out, per statistic.
+  AUC whenever any class AUC is undefined; macro-F1 whenever a class has no true sample) is left out of
+  that statistic's percentiles; ``bootstrap["undefined"]`` counts the resamples left out, per statistic.
+- Paired differences (:func:`paired_difference`): two models' predictions on the same samples are
+  resampled with the same unit draws, and the interval is that of the per-resample difference.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from sklearn.metrics import (
 
 ECE_BINS = 15
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
+PAIRED = ("balanced_accuracy", "macro_f1", "macro_auc")  # the paired model comparison's metrics
 PER_CLASS = ("sensitivity", "specificity", "auc")
 # Resamples are processed in chunks so that the [resamples, samples] weight matrix stays near this size.
 CHUNK_ELEMENTS = 2_000_000
@@ -98,7 +103,8 @@ def _unit_statistics(
 
 def confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Accuracy, balanced accuracy, macro-F1 and per-class sensitivity/specificity from confusion matrices
-    [..., K, K] (rows true class; counts may be weighted). Undefined ratios are NaN."""
+    [..., K, K] (rows true class; counts may be weighted). Undefined ratios are NaN; so is macro-F1 when a
+    class has no true sample (the bootstrap's convention, see the module docstring)."""
     cm = np.asarray(cm, dtype=np.float64)
     total = cm.sum((-2, -1))
     tp = np.diagonal(cm, axis1=-2, axis2=-1)
@@ -114,7 +120,7 @@ def confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
         return {
             "accuracy": tp.sum(-1) / total,
             "balanced_accuracy": np.nanmean(sensitivity, axis=-1),
-            "macro_f1": f1.mean(-1),
+            "macro_f1": np.where((actual > 0).all(-1), f1.mean(-1), np.nan),
             "sensitivity": sensitivity,
             "specificity": specificity,
         }
@@ -224,6 +230,96 @@ def calibration_table(bin_sums: np.ndarray) -> dict[str, list]:
     }
 
 
+def _point_metrics(labels: np.ndarray, probs: np.ndarray) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """The headline point estimates (scikit-learn), the confusion matrix and the per-class AUCs."""
+    k = probs.shape[1]
+    preds = probs.argmax(1)
+    cm = confusion_matrix(labels, preds, labels=list(range(k)))
+    aucs = _class_auc(labels, probs)
+    point = {
+        "accuracy": accuracy_score(labels, preds),
+        "balanced_accuracy": balanced_accuracy_score(labels, preds),
+        "macro_f1": f1_score(labels, preds, labels=list(range(k)), average="macro", zero_division=0),
+        "macro_auc": aucs.mean(),
+        "ece": expected_calibration_error(_calibration_sums(labels, probs)),
+    }
+    return point, cm, aucs
+
+
+def _bootstrap_units(
+    groups: np.ndarray | None, n: int, n_bootstrap: int, seed: int, ci: float
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The bootstrap unit index of each sample and the description of the bootstrap (method, level,
+    resamples, unit kind and count, seed); ValueError for a bad ``ci`` or negative ``n_bootstrap``."""
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    if groups is None:
+        units, unit_name = np.arange(n), "sample"
+    else:
+        units, unit_name = np.unique(groups, return_inverse=True)[1], "group"
+    description = {
+        "method": "percentile",
+        "level": ci,
+        "n_resamples": n_bootstrap,
+        "unit": unit_name,
+        "n_units": int(units.max()) + 1,
+        "seed": seed,
+    }
+    return units, description
+
+
+def paired_difference(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    reference_probs: np.ndarray,
+    class_names: Sequence[str],
+    groups: np.ndarray | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict[str, Any]:
+    """A model minus a reference model on the same samples, for each metric in ``PAIRED``, JSON-ready.
+
+    ``probs`` and ``reference_probs`` [N, K] are the two models' softmax probabilities for the same
+    samples (same order) with ``labels`` [N]; ``groups`` (patient hashes) makes the bootstrap resample
+    patients. Both models are scored on the same resamples, so the interval is that of the paired
+    difference. Keys per metric: ``model``, ``reference``, ``difference`` (point estimates),
+    ``ci`` [low, high] of the difference (percentile; resamples where either model's metric is undefined
+    are left out and counted in ``undefined``) and ``mean`` (mean resampled difference); plus ``n``,
+    ``n_groups`` and ``bootstrap`` (method, level, resamples, unit, seed).
+    """
+    labels, probs, groups = _validate(labels, probs, class_names, groups)
+    _, reference_probs, _ = _validate(labels, reference_probs, class_names, groups)
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be >= 1 for a paired interval, got {n_bootstrap}")
+    units, bootstrap = _bootstrap_units(groups, len(labels), n_bootstrap, seed, ci)
+    n_units = bootstrap["n_units"]
+    point, _, _ = _point_metrics(labels, probs)
+    reference_point, _, _ = _point_metrics(labels, reference_probs)
+    # the same seed, unit count and chunking give both models the same resamples
+    samples = _bootstrap(labels, probs, units, n_units, n_bootstrap, seed)
+    reference_samples = _bootstrap(labels, reference_probs, units, n_units, n_bootstrap, seed)
+    result: dict[str, Any] = {
+        "n": len(labels),
+        "n_groups": None if groups is None else n_units,
+        "bootstrap": bootstrap,
+    }
+    for name in PAIRED:
+        differences = samples[name] - reference_samples[name]
+        defined = differences[~np.isnan(differences)]
+        result[name] = {
+            "model": _number(point[name]),
+            "reference": _number(reference_point[name]),
+            "difference": _number(point[name] - reference_point[name]),
+            "mean": float(defined.mean()) if defined.size else None,
+            "ci": _interval(differences, ci),
+            "undefined": int(np.isnan(differences).sum()),
+        }
+    return result
+
+
 def classification_report(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -243,28 +339,11 @@ def classification_report(
     ``n_bootstrap=0`` skips the intervals. Undefined values (see the module docstring) are None.
     """
     labels, probs, groups = _validate(labels, probs, class_names, groups)
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must be in (0, 1), got {ci}")
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-    k = len(class_names)
-    preds = probs.argmax(1)
-    cm = confusion_matrix(labels, preds, labels=list(range(k)))
+    units, bootstrap = _bootstrap_units(groups, len(labels), n_bootstrap, seed, ci)
+    n_units = bootstrap["n_units"]
+    point, cm, aucs = _point_metrics(labels, probs)
     per_class_cm = confusion_metrics(cm)
-    aucs = _class_auc(labels, probs)
     calib_sums = _calibration_sums(labels, probs)
-    point = {
-        "accuracy": accuracy_score(labels, preds),
-        "balanced_accuracy": balanced_accuracy_score(labels, preds),
-        "macro_f1": f1_score(labels, preds, labels=list(range(k)), average="macro", zero_division=0),
-        "macro_auc": aucs.mean(),
-        "ece": expected_calibration_error(calib_sums),
-    }
-    if groups is None:
-        units, n_units, unit_name = np.arange(len(labels)), len(labels), "sample"
-    else:
-        _, units = np.unique(groups, return_inverse=True)
-        n_units, unit_name = int(units.max()) + 1, "group"
     report: dict[str, Any] = {
         "n": len(labels),
         "n_groups": None if groups is None else n_units,
@@ -282,15 +361,7 @@ def classification_report(
         "confusion_matrix": cm.tolist(),
         "calibration": calibration_table(calib_sums),
         "ci": {},
-        "bootstrap": {
-            "method": "percentile",
-            "level": ci,
-            "n_resamples": n_bootstrap,
-            "unit": unit_name,
-            "n_units": n_units,
-            "seed": seed,
-            "undefined": {},
-        },
+        "bootstrap": {**bootstrap, "undefined": {}},
     }
     if n_bootstrap == 0:
         return report

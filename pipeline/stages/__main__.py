@@ -34,6 +34,7 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from pipeline.evaluate.metrics import PAIRED
     from pipeline.stages.report import write_report
 
     metrics = write_report(
@@ -47,7 +48,11 @@ def _report(args: argparse.Namespace) -> int:
         args.in_channels,
         split_names(args.class_names),
         args.latency_runs,
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+        paired=tuple(split_names(args.paired)) if args.paired else None,
     )
+    paired = metrics.pop("paired", None)
     for model, values in metrics.items():
         ci = values["ci95"]["balanced_accuracy"]
         print(
@@ -56,6 +61,13 @@ def _report(args: argparse.Namespace) -> int:
             f"{values['parameters'] / 1e6:.3f} M params, {values['gflops']:.4f} GFLOPs, "
             f"{values['cpu_latency_ms']:.2f} ms"
         )
+    if paired is not None:
+        for name in PAIRED:
+            entry = paired[name]
+            low, high = entry["ci95"]["low"], entry["ci95"]["high"]
+            interval = "undefined" if low is None else f"[{low:+.3f}, {high:+.3f}]"
+            difference = "undefined" if entry["difference"] is None else f"{entry['difference']:+.3f}"
+            print(f"{paired['comparison']}: {name} {difference} {interval} (paired patient bootstrap)")
     return 0
 
 
@@ -139,6 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--in-channels", type=int, required=True)
     report.add_argument("--class-names", required=True, help="comma-separated class names")
     report.add_argument("--latency-runs", type=int, default=20, help="timed CPU passes (default %(default)s)")
+    report.add_argument(
+        "--paired",
+        default="hdkd,baseline",
+        help="MODEL,REFERENCE: write METRICS_DIR/paired.json, MODEL - REFERENCE with a paired "
+        "patient-bootstrap CI ('' for none; default %(default)s)",
+    )
+    report.add_argument(
+        "--n-bootstrap", type=int, default=1000, help="paired bootstrap resamples (default %(default)s)"
+    )
+    report.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="paired bootstrap seed (default %(default)s, as the evaluate bundles)",
+    )
     report.set_defaults(handler=_report)
 
     efficiency = commands.add_parser(

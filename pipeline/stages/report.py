@@ -7,6 +7,9 @@ evaluate bundle's ClassificationReportHandler) and the per-epoch training log
 
 - ``<metrics>/<model>.json``: the DVC metrics file (headline test metrics, their bootstrap CIs,
   per-class sensitivity / specificity / AUC, parameters, GFLOPs, CPU latency);
+- ``<metrics>/paired.json``: the paired HDKD - baseline difference in balanced accuracy, macro-F1 and
+  macro AUC, with a 95% CI from patient-bootstrap resamples shared by both models
+  (pipeline.evaluate.paired, from ``<eval>/<model>/predictions.csv``);
 - ``<plots>/comparison.png`` (+ ``comparison.csv``) and ``<plots>/training_curves.png``
   (+ ``training_curves.csv``);
 - and, inside a pipeline execution, logs all of it to the MLflow parent run (metric keys
@@ -26,7 +29,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pipeline.evaluate.complexity import count_parameters, cpu_latency_ms, forward_gflops
-from pipeline.evaluate.metrics import HEADLINE, PER_CLASS
+from pipeline.evaluate.metrics import HEADLINE, PAIRED, PER_CLASS
+from pipeline.evaluate.paired import compare_predictions
 from pipeline.evaluate.plots import plot_training_curves
 from pipeline.networks import build_network
 
@@ -71,6 +75,39 @@ def model_metrics(report: Mapping[str, Any], cost: Mapping[str, float]) -> dict[
             for name, entry in report["per_class"].items()
         },
         **cost,
+    }
+
+
+def paired_metrics(
+    eval_dir: Path, model: str, reference: str, class_names: Sequence[str], n_bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """The DVC metrics of ``model`` - ``reference`` on the same test slices: per metric in ``PAIRED`` both
+    point estimates, their ``difference``, the ``mean`` resampled difference, its ``ci95`` (patient
+    bootstrap, the same resamples for both models) and the resamples left out as ``undefined``."""
+    result = compare_predictions(
+        eval_dir / model / "predictions.csv",
+        eval_dir / reference / "predictions.csv",
+        class_names,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    entries = {
+        name: {
+            model: result[name]["model"],
+            reference: result[name]["reference"],
+            "difference": result[name]["difference"],
+            "mean": result[name]["mean"],
+            "ci95": dict(zip(("low", "high"), result[name]["ci"], strict=True)),
+            "undefined": result[name]["undefined"],
+        }
+        for name in PAIRED
+    }
+    return {
+        "comparison": f"{model} - {reference}",
+        "n_slices": result["n"],
+        "n_patients": result["n_groups"],
+        **entries,
+        "bootstrap": result["bootstrap"],
     }
 
 
@@ -167,8 +204,14 @@ def write_report(
     in_channels: int,
     class_names: Sequence[str],
     latency_runs: int,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    paired: tuple[str, str] | None = ("hdkd", "baseline"),
 ) -> dict[str, dict[str, Any]]:
-    """Write the metrics files and plots described in the module docstring; returns the metrics."""
+    """Write the metrics files and plots described in the module docstring; returns the metrics, with
+    the ``paired`` comparison (model, reference; None for none) under the key "paired"."""
+    if paired is not None and not set(paired) <= set(models):
+        raise ValueError(f"the paired comparison {list(paired)} needs both models among {list(models)}")
     metrics = {}
     for model in models:
         report = read_json(eval_dir / model / "metrics.json")
@@ -185,6 +228,11 @@ def write_report(
         path = metrics_dir / f"{model}.json"
         path.write_text(json.dumps(values, indent=2, allow_nan=False) + "\n")
         files.append(path)
+    if paired is not None:
+        comparison = paired_metrics(eval_dir, *paired, class_names, n_bootstrap, seed)
+        path = metrics_dir / "paired.json"
+        path.write_text(json.dumps(comparison, indent=2, allow_nan=False) + "\n")
+        files.append(path)
     plots_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(metrics)
     table.to_csv(plots_dir / "comparison.csv", index=False)
@@ -192,5 +240,7 @@ def write_report(
     history = training_history(models_dir, models)
     history.to_csv(plots_dir / "training_curves.csv", index=False)
     files.append(plot_training_curves(plots_dir / "training_curves.csv", plots_dir / "training_curves.png"))
+    if paired is not None:
+        metrics = {**metrics, "paired": comparison}
     log_to_parent_run(metrics, files)
     return metrics
