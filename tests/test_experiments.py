@@ -128,7 +128,7 @@ def test_summary_gives_arm_intervals_and_paired_differences(tmp_path: Path) -> N
         _cell(cells, "1.0", seed, {"baseline": baseline, "hdkd_published": hdkd}, truth)
         per_seed[seed] = (hdkd, baseline)
     _cell(cells, "0.5", 0, {"baseline": truth, "hdkd_published": truth}, truth)
-    summary, differences = efficiency.write_efficiency(cells, tmp_path / "summary", n_bootstrap=300)
+    summary, differences = efficiency.write_efficiency(cells, tmp_path / "summary", CLASSES, n_bootstrap=300)
 
     def balanced_accuracy(predicted: list[str]) -> float:
         pairs = list(zip(truth, predicted, strict=True))
@@ -143,6 +143,13 @@ def test_summary_gives_arm_intervals_and_paired_differences(tmp_path: Path) -> N
     assert (row["seed_ci_low"], row["seed_ci_high"]) == pytest.approx((low, high))
     assert row["patient_ci_low"] < row["mean"] < row["patient_ci_high"]
     assert row["wins"] == sum(g > 0 for g in gaps)
+    runs = efficiency.collect(cells)
+    assert len(runs) == 8 and set(runs["steps"]) == {40}
+    rows = efficiency.per_seed_differences(cells, runs, CLASSES, n_bootstrap=200)
+    hdkd_rows = rows[(rows["arm"] == "hdkd_published") & (rows["fraction"] == 1.0)].sort_values("seed")
+    assert hdkd_rows["ba_minus_baseline"].to_numpy() == pytest.approx(gaps)
+    assert (hdkd_rows["ba_minus_baseline_ci_low"] <= hdkd_rows["ba_minus_baseline"]).all()
+    assert rows.loc[rows["arm"] == "baseline", "ba_minus_baseline"].isna().all()
     baseline_scores = [balanced_accuracy(b) for _, b in per_seed.values()]
     arm = summary[(summary["arm"] == "baseline") & (summary["fraction"] == 1.0)].iloc[0]
     assert arm["mean"] == pytest.approx(np.mean(baseline_scores)) and arm["seeds"] == 3 and arm["steps"] == 40
@@ -163,8 +170,8 @@ def test_paired_difference_needs_the_same_test_slices(tmp_path: Path) -> None:
     _cell(tmp_path / "cells", "1.0", 0, {"baseline": truth, "hdkd_published": truth}, truth)
     predictions = tmp_path / "cells" / "f1.0_s0" / "eval" / "hdkd_published" / "predictions.csv"
     predictions.write_text(predictions.read_text().replace("p00", "p99"))
-    with pytest.raises(ValueError, match="same test slices"):
-        efficiency.write_efficiency(tmp_path / "cells", tmp_path / "summary", n_bootstrap=10)
+    with pytest.raises(ValueError, match=r"same (test )?slices"):
+        efficiency.write_efficiency(tmp_path / "cells", tmp_path / "summary", CLASSES, n_bootstrap=10)
 
 
 def test_shipped_lambda_is_the_one_the_committed_validation_table_chose() -> None:

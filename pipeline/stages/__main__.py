@@ -74,7 +74,9 @@ def _report(args: argparse.Namespace) -> int:
 def _efficiency(args: argparse.Namespace) -> int:
     from pipeline.stages.efficiency import write_efficiency
 
-    summary, differences = write_efficiency(args.cells_dir, args.output, args.n_bootstrap)
+    summary, differences = write_efficiency(
+        args.cells_dir, args.output, split_names(args.class_names), args.n_bootstrap
+    )
     print(summary.to_string(index=False))
     print(differences.to_string(index=False))
     return 0
@@ -177,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     efficiency.add_argument("--cells-dir", type=Path, required=True)
     efficiency.add_argument("--output", type=Path, required=True)
+    efficiency.add_argument("--class-names", required=True, help="comma-separated class names")
     efficiency.add_argument(
         "--n-bootstrap", type=int, default=1000, help="patient resamples (default %(default)s)"
     )

@@ -28,12 +28,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
-from pipeline.evaluate.metrics import confusion_metrics, weighted_ovr_auc
-from pipeline.evaluate.plots import safe_name
+from pipeline.evaluate.metrics import PAIRED, confusion_metrics, weighted_ovr_auc
+from pipeline.evaluate.paired import compare_predictions, read_predictions
 
 CELL_NAME = re.compile(r"f(?P<fraction>[0-9.]+)_s(?P<seed>[0-9]+)")
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "macro_auc", "ece")
-PAIRED = ("balanced_accuracy", "macro_f1", "macro_auc")
 BASELINE = "baseline"
 HDKD_ARMS = ("hdkd_published", "hdkd")
 LEVEL = 0.95
@@ -105,57 +104,44 @@ def summarise(table: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.Data
     return pd.DataFrame(rows)
 
 
-def _predictions(path: Path) -> pd.DataFrame:
-    table = pd.read_csv(path, dtype={"patient": str}, keep_default_na=False)
-    if (table["patient"] == "").any():
-        raise ValueError(f"{path}: rows without a patient id: the paired bootstrap resamples patients")
-    return table
-
-
 def _scores(labels: np.ndarray, probs: np.ndarray, units: np.ndarray, counts: np.ndarray) -> dict:
-    """PAIRED metrics of one model for each row of patient ``counts`` [R, U] (resample multiplicities).
-    Macro-F1 is undefined (NaN) in a resample that misses a class, as AUC is."""
+    """PAIRED metrics of one model for each row of patient ``counts`` [R, U] (resample multiplicities);
+    NaN where a metric is undefined (a resample that misses a class)."""
     k = probs.shape[1]
-    preds = probs.argmax(1)
     cells = np.zeros((counts.shape[1], k * k))
-    np.add.at(cells, (units, labels * k + preds), 1.0)
-    cm = (counts @ cells).reshape(-1, k, k)
-    scores = confusion_metrics(cm)
-    present = (cm.sum(-1) > 0).all(-1)
-    return {
-        "balanced_accuracy": scores["balanced_accuracy"],
-        "macro_f1": np.where(present, scores["macro_f1"], np.nan),
-        "macro_auc": weighted_ovr_auc(labels, probs, counts[:, units]).mean(-1),
-    }
+    np.add.at(cells, (units, labels * k + probs.argmax(1)), 1.0)
+    scores = confusion_metrics((counts @ cells).reshape(-1, k, k))
+    scores["macro_auc"] = weighted_ovr_auc(labels, probs, counts[:, units]).mean(-1)
+    return scores
 
 
 def seed_mean_difference(
-    pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], n_bootstrap: int, seed: int = 0
+    pairs: Sequence[tuple[Path, Path]], class_names: Sequence[str], n_bootstrap: int, seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """Mean over seeds of HDKD - baseline per PAIRED metric, with its patient-bootstrap 95% interval.
 
-    ``pairs`` holds one (hdkd, baseline) pair of predictions.csv tables per seed, all of the same test
+    ``pairs`` holds one (hdkd, baseline) pair of ``predictions.csv`` files per seed, all of the same test
     slices. Every resample draws patients with replacement once and scores every seed's two models on
     it, so the interval is of the paired, seed-averaged difference; resamples where a metric is
     undefined are left out of its percentiles (counted in ``undefined``)."""
-    reference = pairs[0][1]
-    for table in (t for pair in pairs for t in pair):
-        if not table[["patient", "label"]].equals(reference[["patient", "label"]]):
-            raise ValueError("the runs were not evaluated on the same test slices: no paired difference")
-    probability_columns = [c for c in reference.columns if c.startswith("prob_")]
-    labels = reference["label"].map(lambda name: probability_columns.index(f"prob_{safe_name(name)}"))
-    labels = labels.to_numpy()
-    patients, units = np.unique(reference["patient"].to_numpy(), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(patients), size=(n_bootstrap, len(patients)))
+    runs = [[read_predictions(path, class_names) for path in pair] for pair in pairs]
+    labels, _, groups = runs[0][1]
+    for other_labels, _, other_groups in (run for pair in runs for run in pair):
+        if other_groups is None or not (
+            np.array_equal(other_labels, labels) and np.array_equal(other_groups, groups)
+        ):
+            raise ValueError(
+                "the runs were not evaluated on the same test slices of known patients: no paired difference"
+            )
+    patients, units = np.unique(groups, return_inverse=True)
+    draws = np.random.default_rng(seed).integers(0, len(patients), size=(n_bootstrap, len(patients)))
     counts = np.stack([np.bincount(row, minlength=len(patients)) for row in draws]).astype(np.float64)
     counts = np.vstack([np.ones(len(patients)), counts])  # row 0: the observed sample
     differences = {name: np.zeros(len(counts)) for name in PAIRED}
-    for hdkd, baseline in pairs:
-        a = _scores(labels, hdkd[probability_columns].to_numpy(), units, counts)
-        b = _scores(labels, baseline[probability_columns].to_numpy(), units, counts)
+    for (_, hdkd, _), (_, baseline, _) in runs:
+        a, b = _scores(labels, hdkd, units, counts), _scores(labels, baseline, units, counts)
         for name in PAIRED:
-            differences[name] += (a[name] - b[name]) / len(pairs)
+            differences[name] += (a[name] - b[name]) / len(runs)
     out = {}
     for name, values in differences.items():
         resampled = values[1:][~np.isnan(values[1:])]
@@ -170,20 +156,40 @@ def seed_mean_difference(
     return out
 
 
-def paired_differences(cells_dir: Path, table: pd.DataFrame, n_bootstrap: int, seed: int = 0) -> pd.DataFrame:
+def per_seed_differences(
+    cells_dir: Path, table: pd.DataFrame, class_names: Sequence[str], n_bootstrap: int
+) -> pd.DataFrame:
+    """``table`` plus, on each HDKD run's row, its balanced-accuracy difference from the baseline of the
+    same cell and that difference's patient-bootstrap 95% interval
+    (:func:`pipeline.evaluate.paired.compare_predictions`)."""
+    columns = {"ba_minus_baseline": [], "ba_minus_baseline_ci_low": [], "ba_minus_baseline_ci_high": []}
+    for row in table.itertuples():
+        values = [float("nan")] * 3
+        if row.arm in HDKD_ARMS:
+            folder = cells_dir / row.cell / "eval"
+            paired = compare_predictions(
+                folder / row.arm / "predictions.csv", folder / BASELINE / "predictions.csv", class_names,
+                n_bootstrap, ci=LEVEL,
+            )["balanced_accuracy"]  # fmt: skip
+            values = [paired["difference"], *paired["ci"]]
+        for column, value in zip(columns, values, strict=True):
+            columns[column].append(value)
+    return table.assign(**columns)
+
+
+def paired_differences(
+    cells_dir: Path, table: pd.DataFrame, class_names: Sequence[str], n_bootstrap: int
+) -> pd.DataFrame:
     """Per fraction, HDKD arm and PAIRED metric: seeds, the mean difference HDKD - baseline, its
-    t-interval over seeds and its patient-bootstrap interval (:func:`seed_mean_difference`)."""
+    t-interval over seeds, its patient-bootstrap interval (:func:`seed_mean_difference`) and in how
+    many seeds HDKD was ahead."""
     rows = []
     wide = table.pivot_table(index=["fraction", "seed"], columns="arm", values=list(PAIRED))
     for fraction, seed_rows in table.groupby("fraction"):
-        folders = [cells_dir / cell for cell in sorted(seed_rows["cell"].unique())]
+        folders = [cells_dir / cell / "eval" for cell in sorted(seed_rows["cell"].unique())]
         for arm in (a for a in HDKD_ARMS if a in set(seed_rows["arm"])):
-            pairs = [
-                (_predictions(f / "eval" / arm / "predictions.csv"),
-                 _predictions(f / "eval" / BASELINE / "predictions.csv"))
-                for f in folders
-            ]  # fmt: skip
-            patient_ci = seed_mean_difference(pairs, n_bootstrap, seed)
+            pairs = [(f / arm / "predictions.csv", f / BASELINE / "predictions.csv") for f in folders]
+            patient_ci = seed_mean_difference(pairs, class_names, n_bootstrap)
             for name in PAIRED:
                 per_seed = (wide.loc[fraction][name][arm] - wide.loc[fraction][name][BASELINE]).to_numpy()
                 mean, low, high = t_interval(per_seed)
@@ -239,12 +245,14 @@ def _json_number(value: float) -> float | None:
     return None if pd.isna(value) else round(float(value), 4)
 
 
-def write_efficiency(cells_dir: Path, output: Path, n_bootstrap: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_efficiency(
+    cells_dir: Path, output: Path, class_names: Sequence[str], n_bootstrap: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``output``/efficiency.csv, efficiency.json and efficiency.png (module docstring); returns
     the per-arm summary and the paired differences."""
-    table = collect(cells_dir)
+    table = per_seed_differences(cells_dir, collect(cells_dir), class_names, n_bootstrap)
     summary = summarise(table)
-    differences = paired_differences(cells_dir, table, n_bootstrap)
+    differences = paired_differences(cells_dir, table, class_names, n_bootstrap)
     output.mkdir(parents=True, exist_ok=True)
     table.to_csv(output / "efficiency.csv", index=False)
     arms = {
