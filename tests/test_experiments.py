@@ -178,3 +178,16 @@ def test_shipped_lambda_is_the_one_the_committed_validation_table_chose() -> Non
     table = ROOT / "experiments" / "lambda_search" / "summary" / "validation.json"
     chosen = json.loads(table.read_text())["chosen_lambda"]
     assert _params()["distill"]["lambda"] == chosen
+
+
+def test_a_lambda_run_trains_hdkd_on_the_main_split_with_its_own_weight(tmp_path: Path) -> None:
+    params = _params()
+    params["distill"]["lambda"] = 0.3  # replaced: the stage does not depend on distill.lambda
+    (command,) = trials.lambda_commands(params, 1.0, 2, tmp_path / "l1_s2")
+    assert command.count("--feature_weight") == 1 and _option(command, "--feature_weight") == "1.0"
+    assert _option(command, "--kd_reduction") == params["distill"]["kd_reduction"]
+    assert _option(command, "--split_file") == trials.MAIN_SPLIT
+    assert _option(command, "--teacher_ckpt") == trials.MAIN_TEACHER
+    assert _option(command, "--seed") == "2" and _option(command, "--variant") == "hdkd"
+    stage = yaml.safe_load((ROOT / "experiments" / "dvc.yaml").read_text())["stages"]["lambda_run"]
+    assert "distill.lambda" not in stage["params"] and "distill" not in stage["params"]
