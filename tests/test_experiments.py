@@ -56,9 +56,12 @@ def test_the_chosen_arm_is_left_out_when_it_equals_the_published_settings(tmp_pa
     params["distill"].update({"type": "soft", "alpha": 0.5, "tau": 1, "lambda": 10})
     assert trials.published_is_shipped(params)
     commands = trials.cell_commands(params, 1.0, 0, tmp_path)
-    assert [Path(_option(c, "--models_dir")).name for c in commands if "--models_dir" in c] == [
-        "teacher", "baseline", "hdkd_published"
-    ]  # fmt: skip
+    trained = [Path(_option(c, "--models_dir")).name for c in commands if "--models_dir" in c]
+    assert trained == ["baseline", "hdkd_published"]  # fraction 1: no teacher of its own
+    published = next(c for c in commands if "--teacher_ckpt" in c)
+    assert _option(published, "--teacher_ckpt") == str(trials.MAIN_TEACHER)
+    evaluated = [_option(c, "--ckpt_path") for c in commands if "--ckpt_path" in c]
+    assert evaluated[0] == str(trials.MAIN_TEACHER) and len(evaluated) == 3
     params["distill"]["alpha"] = 0.7
     assert not trials.published_is_shipped(params)
 
@@ -187,7 +190,7 @@ def test_a_lambda_run_trains_hdkd_on_the_main_split_with_its_own_weight(tmp_path
     assert command.count("--feature_weight") == 1 and _option(command, "--feature_weight") == "1.0"
     assert _option(command, "--kd_reduction") == params["distill"]["kd_reduction"]
     assert _option(command, "--split_file") == trials.MAIN_SPLIT
-    assert _option(command, "--teacher_ckpt") == trials.MAIN_TEACHER
+    assert _option(command, "--teacher_ckpt") == str(trials.MAIN_TEACHER)
     assert _option(command, "--seed") == "2" and _option(command, "--variant") == "hdkd"
     stage = yaml.safe_load((ROOT / "experiments" / "dvc.yaml").read_text())["stages"]["lambda_run"]
     assert "distill.lambda" not in stage["params"] and "distill" not in stage["params"]

@@ -30,6 +30,7 @@ from scipy import stats
 
 from pipeline.evaluate.metrics import PAIRED, confusion_metrics, weighted_ovr_auc
 from pipeline.evaluate.paired import compare_predictions, read_predictions
+from pipeline.stages.trials import MAIN_TEACHER_DIR
 
 CELL_NAME = re.compile(r"f(?P<fraction>[0-9.]+)_s(?P<seed>[0-9]+)")
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "macro_auc", "ece")
@@ -56,7 +57,10 @@ def collect(cells_dir: Path) -> pd.DataFrame:
         patients = sum(split["patients"]["train"].values())
         for eval_dir in sorted(p for p in (folder / "eval").iterdir() if (p / "metrics.json").is_file()):
             report = json.loads((eval_dir / "metrics.json").read_text())
-            log = pd.read_csv(folder / "models" / eval_dir.name / "training_log.csv")
+            models = folder / "models" / eval_dir.name
+            if eval_dir.name == "teacher" and not models.is_dir():  # fraction 1: the main pipeline's
+                models = MAIN_TEACHER_DIR
+            log = pd.read_csv(models / "training_log.csv")
             rows.append(
                 {
                     "cell": folder.name,

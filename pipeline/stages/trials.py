@@ -4,7 +4,8 @@
   teacher; only its validation scores are read (:func:`lambda_table`), never the test split.
 - ``efficiency-cell``: one (fraction, seed) cell of the data-efficiency study: the seed's own subset of
   the training patients (``pipeline split --train-fraction --subset-seed``; val and test unchanged), a
-  teacher trained on that subset, the student baseline, HDKD with the published distillation settings
+  teacher trained on that subset (at fraction 1 the main pipeline's teacher, trained on the same
+  patients), the student baseline, HDKD with the published distillation settings
   and HDKD with ``distill.*`` of params.yaml, each trained for ``efficiency.steps_per_epoch`` steps per
   epoch whatever the fraction, then all evaluated on the test split.
 
@@ -32,7 +33,8 @@ OPTION_NAMES = {
     "runtime.device": "device_name",
 }
 MAIN_SPLIT = "data/split/split.csv"
-MAIN_TEACHER = "models/teacher/model.pt"
+MAIN_TEACHER_DIR = Path("models/teacher")
+MAIN_TEACHER = MAIN_TEACHER_DIR / "model.pt"
 SLICES = "data/slices/slices.csv"
 ARMS = ("teacher", "baseline", "hdkd_published", "hdkd")
 VALIDATION_METRIC = "val_balanced_accuracy"
@@ -152,23 +154,26 @@ def cell_commands(params: Mapping[str, Any], fraction: float, seed: int, output:
         "--val", str(flat["split.val"]), "--test", str(flat["split.test"]), "--seed", str(flat["split.seed"]),
         "--train-fraction", str(fraction), "--subset-seed", str(seed),
     ]]  # fmt: skip
-    teacher = output / "models" / "teacher" / "model.pt"
     arms = [arm for arm in ARMS if arm != "hdkd" or not published_is_shipped(params)]
+    models = {arm: output / "models" / arm for arm in arms}
+    if fraction == 1.0:  # all training patients: the main pipeline's teacher was trained on exactly these
+        models["teacher"] = MAIN_TEACHER_DIR
     for arm in arms:
+        if models[arm] == MAIN_TEACHER_DIR:
+            continue
         role = "teacher" if arm == "teacher" else "student"
         hdkd = arm.startswith("hdkd")
         commands.append(
             train_command(
-                params, role, split_file, output / "models" / arm, seed, f"{arm}_{name}",
+                params, role, split_file, models[arm], seed, f"{arm}_{name}",
                 variant=None if role == "teacher" else "hdkd" if hdkd else "baseline",
-                teacher_ckpt=teacher if hdkd else None, distill=arm == "hdkd", steps_per_epoch=steps,
+                teacher_ckpt=models["teacher"] / "model.pt" if hdkd else None, distill=arm == "hdkd",
+                steps_per_epoch=steps,
             )
         )  # fmt: skip
     for arm in arms:
         commands.append(
-            evaluate_command(
-                params, arm, split_file, output / "models" / arm, output / "eval" / arm, f"{arm}_{name}"
-            )
+            evaluate_command(params, arm, split_file, models[arm], output / "eval" / arm, f"{arm}_{name}")
         )
     return commands
 
