@@ -27,35 +27,43 @@ def _option(command: list[str], name: str) -> str:
 
 def test_a_cell_trains_every_arm_on_its_own_subset_with_equal_steps(tmp_path: Path) -> None:
     params = _params()
-    params["distill"]["lambda"] = 0.5  # differs from the published 10: both HDKD arms run
-    commands = trials.cell_commands(params, 0.25, 3, tmp_path / "cell")
+    params["distill"]["lambda"] = 0.5  # differs from the published 10: the chosen arm trains
+    cell = tmp_path / "cell"
+    commands = trials.cell_commands(params, 0.25, 3, cell)
+    chosen_train, chosen_eval = trials.chosen_commands(params, 0.25, 3, cell, tmp_path / "chosen")
     split, *rest = commands
     assert split[:4] == ["python", "-m", "pipeline", "split"]
     assert _option(split, "--train-fraction") == "0.25" and _option(split, "--subset-seed") == "3"
     assert _option(split, "--seed") == str(params["split"]["seed"])
-    trains = [c for c in rest if _option(c, "--config_file").endswith("train.json")]
-    evaluations = [c for c in rest if _option(c, "--config_file").endswith("evaluate.json")]
-    assert [Path(_option(c, "--models_dir")).name for c in trains] == list(trials.ARMS)
-    assert [Path(_option(c, "--output_dir")).name for c in evaluations] == list(trials.ARMS)
+    trains = [c for c in rest if _option(c, "--config_file").endswith("train.json")] + [chosen_train]
+    evaluations = [c for c in rest if _option(c, "--config_file").endswith("evaluate.json")] + [chosen_eval]
+    arms = ["teacher", "baseline", "hdkd_published", "hdkd"]
+    assert [Path(_option(c, "--models_dir")).name for c in trains] == arms
+    assert [Path(_option(c, "--output_dir")).name for c in evaluations] == arms
+    assert _option(chosen_eval, "--ckpt_path") == str(tmp_path / "chosen" / "models" / "hdkd" / "model.pt")
     for command in trains:
         assert _option(command, "--steps_per_epoch") == str(params["efficiency"]["steps_per_epoch"])
         assert _option(command, "--seed") == "3"
-        assert _option(command, "--split_file") == str(tmp_path / "cell" / "split.csv")
+        assert _option(command, "--split_file") == str(cell / "split.csv")
     teacher, baseline, published, chosen = trains
     assert _option(teacher, "--epochs") == str(params["teacher"]["epochs"])
     assert _option(baseline, "--variant") == "baseline" and "--teacher_ckpt" not in baseline
     for hdkd in (published, chosen):  # both distil from the cell's own teacher
-        assert _option(hdkd, "--teacher_ckpt") == str(tmp_path / "cell" / "models" / "teacher" / "model.pt")
+        assert _option(hdkd, "--teacher_ckpt") == str(cell / "models" / "teacher" / "model.pt")
     assert "--feature_weight" not in published and "--kd_type" not in published  # the bundle's defaults
     assert _option(chosen, "--feature_weight") == "0.5"
     assert _option(chosen, "--kd_type") == params["distill"]["type"]
 
 
-def test_the_chosen_arm_is_left_out_when_it_equals_the_published_settings(tmp_path: Path) -> None:
+def test_fraction_one_uses_the_main_teacher_and_published_settings_train_once(tmp_path: Path) -> None:
     params = _params()
-    params["distill"].update({"type": "soft", "alpha": 0.5, "tau": 1, "lambda": 10})
+    params["distill"].update(
+        {"type": "soft", "kd_reduction": "published", "alpha": 0.5, "tau": 1, "lambda": 10}
+    )
     assert trials.published_is_shipped(params)
-    commands = trials.cell_commands(params, 1.0, 0, tmp_path)
+    assert trials.chosen_commands(params, 1.0, 0, tmp_path / "cell", tmp_path / "chosen") == []
+    assert (tmp_path / "chosen" / trials.PUBLISHED_NOTE).is_file()
+    commands = trials.cell_commands(params, 1.0, 0, tmp_path / "cell")
     trained = [Path(_option(c, "--models_dir")).name for c in commands if "--models_dir" in c]
     assert trained == ["baseline", "hdkd_published"]  # fraction 1: no teacher of its own
     published = next(c for c in commands if "--teacher_ckpt" in c)
@@ -148,7 +156,7 @@ def test_summary_gives_arm_intervals_and_paired_differences(tmp_path: Path) -> N
     assert row["wins"] == sum(g > 0 for g in gaps)
     runs = efficiency.collect(cells)
     assert len(runs) == 8 and set(runs["steps"]) == {40}
-    rows = efficiency.per_seed_differences(cells, runs, CLASSES, n_bootstrap=200)
+    rows = efficiency.per_seed_differences(runs, CLASSES, n_bootstrap=200)
     hdkd_rows = rows[(rows["arm"] == "hdkd_published") & (rows["fraction"] == 1.0)].sort_values("seed")
     assert hdkd_rows["ba_minus_baseline"].to_numpy() == pytest.approx(gaps)
     assert (hdkd_rows["ba_minus_baseline_ci_low"] <= hdkd_rows["ba_minus_baseline"]).all()

@@ -1,5 +1,5 @@
 """`python -m pipeline.stages <command>`: exec (the stage launcher), report, efficiency, and the runs of the
-experiments pipeline (efficiency-cell, lambda-run, lambda-table)."""
+experiments pipeline (efficiency-cell, efficiency-chosen, lambda-run, lambda-table)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def _efficiency(args: argparse.Namespace) -> int:
     from pipeline.stages.efficiency import write_efficiency
 
     summary, differences = write_efficiency(
-        args.cells_dir, args.output, split_names(args.class_names), args.n_bootstrap
+        args.cells_dir, args.output, split_names(args.class_names), args.n_bootstrap, args.chosen_dir
     )
     print(summary.to_string(index=False))
     print(differences.to_string(index=False))
@@ -90,6 +90,8 @@ def _trial(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     if args.name == "efficiency-cell":
         commands = trials.cell_commands(params, args.fraction, args.seed, args.output)
+    elif args.name == "efficiency-chosen":
+        commands = trials.chosen_commands(params, args.fraction, args.seed, args.cell, args.output)
     else:
         commands = trials.lambda_commands(params, args.feature_weight, args.seed, args.output)
     return run_commands(commands)
@@ -177,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "efficiency.json (per fraction: each arm's mean and 95%% CI over seeds, the paired HDKD - baseline "
         "difference with CIs over seeds and over test patients) and efficiency.png.",
     )
-    efficiency.add_argument("--cells-dir", type=Path, required=True)
+    efficiency.add_argument("--cells-dir", type=Path, required=True, help="efficiency-cell folders")
+    efficiency.add_argument("--chosen-dir", type=Path, help="efficiency-chosen folders (same names)")
     efficiency.add_argument("--output", type=Path, required=True)
     efficiency.add_argument("--class-names", required=True, help="comma-separated class names")
     efficiency.add_argument(
@@ -187,15 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     cell = commands.add_parser(
         "efficiency-cell",
-        help="one data-efficiency cell: subset split, teacher, baseline and HDKD students, test evaluations",
-        description="Train and evaluate every arm of one (fraction, seed) cell of the data-efficiency study "
-        "with the settings of params.yaml (pipeline.stages.trials).",
+        help="one data-efficiency cell: subset split, teacher, baseline and published HDKD, test evaluations",
+        description="Train and evaluate the teacher, baseline and published-HDKD arms of one (fraction, "
+        "seed) cell of the data-efficiency study with the settings of params.yaml (pipeline.stages.trials).",
     )
     cell.add_argument("--fraction", type=float, required=True, help="of the training patients, in (0, 1]")
     cell.add_argument("--seed", type=int, required=True, help="draws the patient subset and seeds training")
     cell.add_argument("--output", type=Path, required=True, help="the cell's folder")
     cell.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
     cell.set_defaults(handler=_trial)
+
+    chosen = commands.add_parser(
+        "efficiency-chosen",
+        help="the HDKD arm with distill.* of params.yaml in one data-efficiency cell",
+        description="Train and evaluate HDKD with the distill.* settings of params.yaml on the split and "
+        "teacher of --cell (pipeline.stages.trials); nothing to train when they are the published ones.",
+    )
+    chosen.add_argument("--fraction", type=float, required=True, help="the cell's fraction")
+    chosen.add_argument("--seed", type=int, required=True, help="the cell's seed")
+    chosen.add_argument("--cell", type=Path, required=True, help="the cell's folder (efficiency-cell)")
+    chosen.add_argument("--output", type=Path, required=True, help="where models/hdkd and eval/hdkd go")
+    chosen.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
+    chosen.set_defaults(handler=_trial)
 
     run = commands.add_parser(
         "lambda-run",

@@ -2,7 +2,8 @@
 
 The experiment pipeline (experiments/dvc.yaml) writes one folder per (fraction, seed) cell
 (``f<fraction>_s<seed>``, :mod:`pipeline.stages.trials`) holding ``models/<arm>/training_log.csv`` and
-``eval/<arm>/{metrics.json,predictions.csv}`` of every arm, all on the same test patients. This module
+``eval/<arm>/{metrics.json,predictions.csv}`` of its arms, and a folder of the same name for the chosen
+HDKD arm; all are evaluated on the same test patients. This module
 writes:
 
 - ``efficiency.csv``: one row per run (arm, fraction, seed, optimiser steps, training patients and the
@@ -49,30 +50,41 @@ def _cells(cells_dir: Path) -> list[tuple[Path, float, int]]:
     return found
 
 
-def collect(cells_dir: Path) -> pd.DataFrame:
-    """One row per evaluated run: arm, fraction, seed, steps, train_patients and the METRICS."""
+def collect(cells_dir: Path, chosen_dir: Path | None = None) -> pd.DataFrame:
+    """One row per evaluated run of ``cells_dir``'s cells and of their ``chosen_dir`` counterparts
+    (same ``f<fraction>_s<seed>`` names): cell, arm, run_dir (the folder holding its models/ and
+    eval/), fraction, seed, steps, train_patients and the METRICS."""
     rows = []
     for folder, fraction, seed in _cells(cells_dir):
         split = json.loads((folder / "split.json").read_text())
         patients = sum(split["patients"]["train"].values())
-        for eval_dir in sorted(p for p in (folder / "eval").iterdir() if (p / "metrics.json").is_file()):
-            report = json.loads((eval_dir / "metrics.json").read_text())
-            models = folder / "models" / eval_dir.name
-            if eval_dir.name == "teacher" and not models.is_dir():  # fraction 1: the main pipeline's
-                models = MAIN_TEACHER_DIR
-            log = pd.read_csv(models / "training_log.csv")
-            rows.append(
-                {
-                    "cell": folder.name,
-                    "arm": eval_dir.name,
-                    "fraction": fraction,
-                    "seed": seed,
-                    "steps": int(log["iteration"].iloc[-1]),
-                    "train_patients": patients,
-                    **{name: report[name] for name in METRICS},
-                }
-            )
+        for run_dir in (folder, *([chosen_dir / folder.name] if chosen_dir else [])):
+            evaluated = sorted(p for p in (run_dir / "eval").glob("*") if (p / "metrics.json").is_file())
+            for eval_dir in evaluated:
+                report = json.loads((eval_dir / "metrics.json").read_text())
+                models = run_dir / "models" / eval_dir.name
+                if eval_dir.name == "teacher" and not models.is_dir():  # fraction 1: the main pipeline's
+                    models = MAIN_TEACHER_DIR
+                log = pd.read_csv(models / "training_log.csv")
+                rows.append(
+                    {
+                        "cell": folder.name,
+                        "arm": eval_dir.name,
+                        "run_dir": run_dir.as_posix(),
+                        "fraction": fraction,
+                        "seed": seed,
+                        "steps": int(log["iteration"].iloc[-1]),
+                        "train_patients": patients,
+                        **{name: report[name] for name in METRICS},
+                    }
+                )
     return pd.DataFrame(rows).sort_values(["arm", "fraction", "seed"]).reset_index(drop=True)
+
+
+def _predictions(table: pd.DataFrame, cell: str, arm: str) -> Path:
+    """The predictions.csv of ``arm`` in ``cell``."""
+    row = table[(table["cell"] == cell) & (table["arm"] == arm)].iloc[0]
+    return Path(row["run_dir"]) / "eval" / arm / "predictions.csv"
 
 
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
@@ -160,9 +172,7 @@ def seed_mean_difference(
     return out
 
 
-def per_seed_differences(
-    cells_dir: Path, table: pd.DataFrame, class_names: Sequence[str], n_bootstrap: int
-) -> pd.DataFrame:
+def per_seed_differences(table: pd.DataFrame, class_names: Sequence[str], n_bootstrap: int) -> pd.DataFrame:
     """``table`` plus, on each HDKD run's row, its balanced-accuracy difference from the baseline of the
     same cell and that difference's patient-bootstrap 95% interval
     (:func:`pipeline.evaluate.paired.compare_predictions`)."""
@@ -170,9 +180,8 @@ def per_seed_differences(
     for row in table.itertuples():
         values = [float("nan")] * 3
         if row.arm in HDKD_ARMS:
-            folder = cells_dir / row.cell / "eval"
             paired = compare_predictions(
-                folder / row.arm / "predictions.csv", folder / BASELINE / "predictions.csv", class_names,
+                _predictions(table, row.cell, row.arm), _predictions(table, row.cell, BASELINE), class_names,
                 n_bootstrap, ci=LEVEL,
             )["balanced_accuracy"]  # fmt: skip
             values = [paired["difference"], *paired["ci"]]
@@ -181,18 +190,16 @@ def per_seed_differences(
     return table.assign(**columns)
 
 
-def paired_differences(
-    cells_dir: Path, table: pd.DataFrame, class_names: Sequence[str], n_bootstrap: int
-) -> pd.DataFrame:
+def paired_differences(table: pd.DataFrame, class_names: Sequence[str], n_bootstrap: int) -> pd.DataFrame:
     """Per fraction, HDKD arm and PAIRED metric: seeds, the mean difference HDKD - baseline, its
     t-interval over seeds, its patient-bootstrap interval (:func:`seed_mean_difference`) and in how
     many seeds HDKD was ahead."""
     rows = []
     wide = table.pivot_table(index=["fraction", "seed"], columns="arm", values=list(PAIRED))
     for fraction, seed_rows in table.groupby("fraction"):
-        folders = [cells_dir / cell / "eval" for cell in sorted(seed_rows["cell"].unique())]
+        cells = sorted(seed_rows["cell"].unique())
         for arm in (a for a in HDKD_ARMS if a in set(seed_rows["arm"])):
-            pairs = [(f / arm / "predictions.csv", f / BASELINE / "predictions.csv") for f in folders]
+            pairs = [(_predictions(table, c, arm), _predictions(table, c, BASELINE)) for c in cells]
             patient_ci = seed_mean_difference(pairs, class_names, n_bootstrap)
             for name in PAIRED:
                 per_seed = (wide.loc[fraction][name][arm] - wide.loc[fraction][name][BASELINE]).to_numpy()
@@ -250,13 +257,17 @@ def _json_number(value: float) -> float | None:
 
 
 def write_efficiency(
-    cells_dir: Path, output: Path, class_names: Sequence[str], n_bootstrap: int
+    cells_dir: Path,
+    output: Path,
+    class_names: Sequence[str],
+    n_bootstrap: int,
+    chosen_dir: Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``output``/efficiency.csv, efficiency.json and efficiency.png (module docstring); returns
     the per-arm summary and the paired differences."""
-    table = per_seed_differences(cells_dir, collect(cells_dir), class_names, n_bootstrap)
+    table = per_seed_differences(collect(cells_dir, chosen_dir), class_names, n_bootstrap)
     summary = summarise(table)
-    differences = paired_differences(cells_dir, table, class_names, n_bootstrap)
+    differences = paired_differences(table, class_names, n_bootstrap)
     output.mkdir(parents=True, exist_ok=True)
     table.to_csv(output / "efficiency.csv", index=False)
     arms = {

@@ -5,9 +5,10 @@
 - ``efficiency-cell``: one (fraction, seed) cell of the data-efficiency study: the seed's own subset of
   the training patients (``pipeline split --train-fraction --subset-seed``; val and test unchanged), a
   teacher trained on that subset (at fraction 1 the main pipeline's teacher, trained on the same
-  patients), the student baseline, HDKD with the published distillation settings
-  and HDKD with ``distill.*`` of params.yaml, each trained for ``efficiency.steps_per_epoch`` steps per
-  epoch whatever the fraction, then all evaluated on the test split.
+  patients), the student baseline and HDKD with the published distillation settings;
+  ``efficiency-chosen`` adds HDKD with ``distill.*`` of params.yaml on the cell's split and teacher.
+  Every run trains for ``efficiency.steps_per_epoch`` steps per epoch whatever the fraction, and is
+  then evaluated on the test split.
 
 Each run is a ``monai.bundle run`` of the bundles with the same options the main pipeline passes; the
 commands run one after another in this process (:func:`pipeline.stages.launcher.run_commands`).
@@ -36,7 +37,7 @@ MAIN_SPLIT = "data/split/split.csv"
 MAIN_TEACHER_DIR = Path("models/teacher")
 MAIN_TEACHER = MAIN_TEACHER_DIR / "model.pt"
 SLICES = "data/slices/slices.csv"
-ARMS = ("teacher", "baseline", "hdkd_published", "hdkd")
+PUBLISHED_NOTE = "same_as_published.txt"
 VALIDATION_METRIC = "val_balanced_accuracy"
 LAMBDA_RUN = re.compile(r"l(?P<weight>[0-9.e+-]+)_s(?P<seed>[0-9]+)")
 LAMBDA_RULE = (
@@ -142,9 +143,15 @@ def _same_number(default: Any, value: str) -> bool:
         return False
 
 
+def _teacher_dir(fraction: float, cell: Path) -> Path:
+    """The cell's teacher: its own, or at fraction 1 the main pipeline's, trained on the same patients."""
+    return MAIN_TEACHER_DIR if fraction == 1.0 else cell / "models" / "teacher"
+
+
 def cell_commands(params: Mapping[str, Any], fraction: float, seed: int, output: Path) -> list[list[str]]:
-    """The commands of one data-efficiency cell (module docstring), writing under ``output``:
-    ``split.csv``, ``models/<arm>/`` and ``eval/<arm>/``."""
+    """The commands of one data-efficiency cell, writing under ``output``: ``split.csv``, then
+    ``models/<arm>/`` and ``eval/<arm>/`` of the teacher (trained unless fraction is 1), the baseline and
+    HDKD with the bundle's published distillation settings. None depends on ``distill.*``."""
     flat = flatten(params)
     split_file = output / "split.csv"
     name = f"f{fraction:g}_s{seed}"
@@ -154,28 +161,43 @@ def cell_commands(params: Mapping[str, Any], fraction: float, seed: int, output:
         "--val", str(flat["split.val"]), "--test", str(flat["split.test"]), "--seed", str(flat["split.seed"]),
         "--train-fraction", str(fraction), "--subset-seed", str(seed),
     ]]  # fmt: skip
-    arms = [arm for arm in ARMS if arm != "hdkd" or not published_is_shipped(params)]
-    models = {arm: output / "models" / arm for arm in arms}
-    if fraction == 1.0:  # all training patients: the main pipeline's teacher was trained on exactly these
-        models["teacher"] = MAIN_TEACHER_DIR
-    for arm in arms:
-        if models[arm] == MAIN_TEACHER_DIR:
-            continue
-        role = "teacher" if arm == "teacher" else "student"
-        hdkd = arm.startswith("hdkd")
+    teacher = _teacher_dir(fraction, output)
+    models = {"teacher": teacher, "baseline": output / "models" / "baseline"}
+    models["hdkd_published"] = output / "models" / "hdkd_published"
+    if teacher != MAIN_TEACHER_DIR:
+        commands.append(train_command(params, "teacher", split_file, teacher, seed, f"teacher_{name}",
+                                      steps_per_epoch=steps))  # fmt: skip
+    commands.append(train_command(params, "student", split_file, models["baseline"], seed, f"baseline_{name}",
+                                  variant="baseline", steps_per_epoch=steps))  # fmt: skip
+    commands.append(
+        train_command(params, "student", split_file, models["hdkd_published"], seed, f"hdkd_published_{name}",
+                      variant="hdkd", teacher_ckpt=teacher / "model.pt", steps_per_epoch=steps)
+    )  # fmt: skip
+    for arm, models_dir in models.items():
         commands.append(
-            train_command(
-                params, role, split_file, models[arm], seed, f"{arm}_{name}",
-                variant=None if role == "teacher" else "hdkd" if hdkd else "baseline",
-                teacher_ckpt=models["teacher"] / "model.pt" if hdkd else None, distill=arm == "hdkd",
-                steps_per_epoch=steps,
-            )
-        )  # fmt: skip
-    for arm in arms:
-        commands.append(
-            evaluate_command(params, arm, split_file, models[arm], output / "eval" / arm, f"{arm}_{name}")
+            evaluate_command(params, arm, split_file, models_dir, output / "eval" / arm, f"{arm}_{name}")
         )
     return commands
+
+
+def chosen_commands(
+    params: Mapping[str, Any], fraction: float, seed: int, cell: Path, output: Path
+) -> list[list[str]]:
+    """HDKD with params.yaml's ``distill.*`` on the split and teacher of ``cell`` (same steps), into
+    ``output``/models/hdkd and eval/hdkd. When ``distill.*`` equal the published settings that run is the
+    cell's ``hdkd_published``: no command, and ``output``/PUBLISHED_NOTE says so."""
+    if published_is_shipped(params):
+        output.mkdir(parents=True, exist_ok=True)
+        (output / PUBLISHED_NOTE).write_text("distill.* equal the published settings: see hdkd_published\n")
+        return []
+    split_file, name = cell / "split.csv", f"f{fraction:g}_s{seed}"
+    models_dir = output / "models" / "hdkd"
+    return [
+        train_command(params, "student", split_file, models_dir, seed, f"hdkd_{name}", variant="hdkd",
+                      teacher_ckpt=_teacher_dir(fraction, cell) / "model.pt", distill=True,
+                      steps_per_epoch=flatten(params)["efficiency.steps_per_epoch"]),
+        evaluate_command(params, "hdkd", split_file, models_dir, output / "eval" / "hdkd", f"hdkd_{name}"),
+    ]  # fmt: skip
 
 
 def lambda_commands(
