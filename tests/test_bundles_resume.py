@@ -22,7 +22,7 @@ def _train_args(split: Path, models: Path) -> tuple[str, ...]:
 def _complete(checkpoint: Path) -> bool:
     try:
         return "trainer" in torch.load(checkpoint, weights_only=True)
-    except (FileNotFoundError, EOFError, RuntimeError):
+    except (OSError, EOFError, RuntimeError):  # missing or half-written (torch raises EINVAL too)
         return False
 
 

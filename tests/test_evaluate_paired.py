@@ -14,7 +14,7 @@ from torch import nn
 
 from pipeline.evaluate.handler import ClassificationReportHandler
 from pipeline.evaluate.metrics import PAIRED
-from pipeline.evaluate.paired import compare_predictions, read_predictions
+from pipeline.evaluate.paired import paired_difference_of_files, read_predictions
 from pipeline.stages.report import paired_metrics
 
 
@@ -61,8 +61,12 @@ def test_files_of_different_slices_are_not_paired(tmp_path: Path) -> None:
     evaluate(identity_network(), tmp_path / "a", items())
     evaluate(identity_network(), tmp_path / "b", items()[::-1])
     with pytest.raises(ValueError, match="do not list the same slices"):
-        compare_predictions(tmp_path / "a" / "predictions.csv", tmp_path / "b" / "predictions.csv", NAMES)
+        paired_difference_of_files(
+            tmp_path / "a" / "predictions.csv", tmp_path / "b" / "predictions.csv", NAMES
+        )
     with pytest.raises(ValueError, match="file not found"):
-        compare_predictions(tmp_path / "a" / "predictions.csv", tmp_path / "c" / "predictions.csv", NAMES)
+        paired_difference_of_files(
+            tmp_path / "a" / "predictions.csv", tmp_path / "c" / "predictions.csv", NAMES
+        )
     with pytest.raises(ValueError, match=r"columns \['prob_other'\] missing"):
         read_predictions(tmp_path / "a" / "predictions.csv", ["glioma", "meningioma", "pituitary", "other"])

@@ -36,7 +36,7 @@ def read_predictions(
     return labels, probs / probs.sum(1, keepdims=True), (patients if all(patients) else None)
 
 
-def compare_predictions(
+def paired_difference_of_files(
     model_csv: str | Path,
     reference_csv: str | Path,
     class_names: Sequence[str],

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from pipeline.evaluate.metrics import PAIRED, confusion_metrics, weighted_ovr_auc
-from pipeline.evaluate.paired import compare_predictions, read_predictions
+from pipeline.evaluate.paired import paired_difference_of_files, read_predictions
 from pipeline.stages.trials import MAIN_TEACHER_DIR
 
 CELL_NAME = re.compile(r"f(?P<fraction>[0-9.]+)_s(?P<seed>[0-9]+)")
@@ -175,12 +175,12 @@ def seed_mean_difference(
 def per_seed_differences(table: pd.DataFrame, class_names: Sequence[str], n_bootstrap: int) -> pd.DataFrame:
     """``table`` plus, on each HDKD run's row, its balanced-accuracy difference from the baseline of the
     same cell and that difference's patient-bootstrap 95% interval
-    (:func:`pipeline.evaluate.paired.compare_predictions`)."""
+    (:func:`pipeline.evaluate.paired.paired_difference_of_files`)."""
     columns = {"ba_minus_baseline": [], "ba_minus_baseline_ci_low": [], "ba_minus_baseline_ci_high": []}
     for row in table.itertuples():
         values = [float("nan")] * 3
         if row.arm in HDKD_ARMS:
-            paired = compare_predictions(
+            paired = paired_difference_of_files(
                 _predictions(table, row.cell, row.arm), _predictions(table, row.cell, BASELINE), class_names,
                 n_bootstrap, ci=LEVEL,
             )["balanced_accuracy"]  # fmt: skip

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 
 from pipeline.evaluate.complexity import count_parameters, cpu_latency_ms, forward_gflops
 from pipeline.evaluate.metrics import HEADLINE, PAIRED, PER_CLASS
-from pipeline.evaluate.paired import compare_predictions
+from pipeline.evaluate.paired import paired_difference_of_files
 from pipeline.evaluate.plots import plot_training_curves
 from pipeline.networks import build_network
 
@@ -84,7 +84,7 @@ def paired_metrics(
     """The DVC metrics of ``model`` - ``reference`` on the same test slices: per metric in ``PAIRED`` both
     point estimates, their ``difference``, the ``mean`` resampled difference, its ``ci95`` (patient
     bootstrap, the same resamples for both models) and the resamples left out as ``undefined``."""
-    result = compare_predictions(
+    result = paired_difference_of_files(
         eval_dir / model / "predictions.csv",
         eval_dir / reference / "predictions.csv",
         class_names,
