@@ -202,3 +202,21 @@ def test_a_lambda_run_trains_hdkd_on_the_main_split_with_its_own_weight(tmp_path
     assert _option(command, "--seed") == "2" and _option(command, "--variant") == "hdkd"
     stage = yaml.safe_load((ROOT / "experiments" / "dvc.yaml").read_text())["stages"]["lambda_run"]
     assert "distill.lambda" not in stage["params"] and "distill" not in stage["params"]
+
+
+def test_the_chosen_arm_joins_its_cell_in_the_summary(tmp_path: Path) -> None:
+    truth = [c for c in CLASSES for _ in range(3)]
+    _cell(tmp_path / "cells", "0.25", 0, {"baseline": truth, "hdkd_published": truth}, truth)
+    wrong = [CLASSES[0]] * len(truth)
+    _cell(tmp_path / "chosen", "0.25", 0, {"hdkd": wrong}, truth)
+    (tmp_path / "chosen" / "f0.25_s0" / "split.json").unlink()  # only the cell holds the split
+    table = efficiency.collect(tmp_path / "cells", tmp_path / "chosen")
+    assert sorted(table["arm"]) == ["baseline", "hdkd", "hdkd_published"]
+    assert (
+        table.loc[table["arm"] == "hdkd", "run_dir"].item() == (tmp_path / "chosen" / "f0.25_s0").as_posix()
+    )
+    _, differences = efficiency.write_efficiency(
+        tmp_path / "cells", tmp_path / "summary", CLASSES, n_bootstrap=50, chosen_dir=tmp_path / "chosen"
+    )
+    ba = differences[differences["metric"] == "balanced_accuracy"].set_index("arm")["mean"]
+    assert ba["hdkd_published"] == 0.0 and ba["hdkd"] == pytest.approx(0.25 - 1.0)
