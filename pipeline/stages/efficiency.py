@@ -83,7 +83,10 @@ def collect(cells_dir: Path, chosen_dir: Path | None = None) -> pd.DataFrame:
 
 def _predictions(table: pd.DataFrame, cell: str, arm: str) -> Path:
     """The predictions.csv of ``arm`` in ``cell``."""
-    row = table[(table["cell"] == cell) & (table["arm"] == arm)].iloc[0]
+    rows = table[(table["cell"] == cell) & (table["arm"] == arm)]
+    if rows.empty:
+        raise ValueError(f"cell {cell} has no evaluated {arm} run: run its stages first")
+    row = rows.iloc[0]
     return Path(row["run_dir"]) / "eval" / arm / "predictions.csv"
 
 
@@ -197,12 +200,14 @@ def paired_differences(table: pd.DataFrame, class_names: Sequence[str], n_bootst
     rows = []
     wide = table.pivot_table(index=["fraction", "seed"], columns="arm", values=list(PAIRED))
     for fraction, seed_rows in table.groupby("fraction"):
-        cells = sorted(seed_rows["cell"].unique())
         for arm in (a for a in HDKD_ARMS if a in set(seed_rows["arm"])):
+            cells = sorted(seed_rows.loc[seed_rows["arm"] == arm, "cell"])
             pairs = [(_predictions(table, c, arm), _predictions(table, c, BASELINE)) for c in cells]
             patient_ci = seed_mean_difference(pairs, class_names, n_bootstrap)
             for name in PAIRED:
-                per_seed = (wide.loc[fraction][name][arm] - wide.loc[fraction][name][BASELINE]).to_numpy()
+                per_seed = (
+                    (wide.loc[fraction][name][arm] - wide.loc[fraction][name][BASELINE]).dropna().to_numpy()
+                )
                 mean, low, high = t_interval(per_seed)
                 rows.append(
                     {
