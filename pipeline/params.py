@@ -189,6 +189,9 @@ SCHEMA: dict[str, Check] = {
     "export.registered_model": registered_model_name,
     "efficiency.fractions": each(fraction),
     "efficiency.seeds": each(count(0)),
+    "efficiency.steps_per_epoch": count(1),
+    "lambda_search.values": each(non_negative),
+    "lambda_search.seeds": each(count(0)),
 }
 
 

@@ -298,32 +298,3 @@ def test_missing_raw_dir_stops_ingest_with_how_to_bring_data(tmp_path: Path) -> 
     )
     assert done.returncode == 2
     assert "data.raw_dir = 'data/raw'" in done.stderr and "dvc add data/raw" in done.stderr
-
-
-def test_data_efficiency_summary_averages_seeds(tmp_path: Path) -> None:
-    from pipeline.stages.efficiency import write_efficiency
-
-    scores = {("baseline", 0.1): (0.40, 0.50), ("baseline", 1.0): (0.80, 0.90), ("hdkd", 0.1): (0.60, 0.70)}
-    for (variant, fraction), values in scores.items():
-        for seed, value in enumerate(values):
-            folder = tmp_path / "eval" / f"{variant}_f{fraction}_s{seed}"
-            folder.mkdir(parents=True)
-            report = {
-                "balanced_accuracy": value,
-                "accuracy": value,
-                "macro_f1": value,
-                "macro_auc": 0.9,
-                "ece": 0.1,
-            }
-            (folder / "metrics.json").write_text(json.dumps(report))
-    (tmp_path / "eval" / "notes").mkdir()  # not a run folder: ignored
-    summary = write_efficiency(tmp_path / "eval", tmp_path / "summary")
-    assert len(summary) == 3
-    written = json.loads((tmp_path / "summary" / "efficiency.json").read_text())["balanced_accuracy"]
-    assert written["baseline"]["f0.1"]["mean"] == pytest.approx(0.45)
-    assert written["baseline"]["f1"]["seeds"] == 2
-    assert written["hdkd"]["f0.1"]["min"] == pytest.approx(0.6) and written["hdkd"]["f0.1"][
-        "max"
-    ] == pytest.approx(0.7)
-    assert (tmp_path / "summary" / "efficiency.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "summary" / "efficiency.csv").read_text().count("\n") == 7

@@ -142,6 +142,26 @@ def test_train_fraction_takes_whole_patients_and_keeps_val_and_test(tmp_path: Pa
     assert report["dropped_by_train_fraction"]["patients"] == patients_full.sum() - patients_half.sum()
 
 
+def test_subset_seed_draws_other_patients_from_the_same_split(tmp_path: Path) -> None:
+    rows = _rows(12)
+    full, _ = _run(tmp_path, rows, "full.csv")
+    subsets = {}
+    for subset_seed in (0, 1):
+        for fraction in (0.25, 0.5):
+            name = f"s{subset_seed}_f{fraction}.csv"
+            table, report = _run(tmp_path, rows, name, train_fraction=fraction, subset_seed=subset_seed)
+            assert report["subset_seed"] == subset_seed
+            for part in ("val", "test"):  # the split itself does not move
+                expected = full[full["split"] == part].reset_index(drop=True)
+                assert expected.equals(table[table["split"] == part].reset_index(drop=True))
+            subsets[subset_seed, fraction] = set(table.loc[table["split"] == "train", "patient"])
+    for subset_seed in (0, 1):  # nested within a seed
+        assert subsets[subset_seed, 0.25] <= subsets[subset_seed, 0.5]
+    assert subsets[0, 0.5] != subsets[1, 0.5]  # another seed, other patients
+    default, _ = _run(tmp_path, rows, "default.csv", train_fraction=0.5)
+    assert set(default.loc[default["split"] == "train", "patient"]) == subsets[0, 0.5]
+
+
 @pytest.mark.parametrize(
     "options,named",
     [

@@ -61,6 +61,29 @@ class EpochSeeding:
         random.seed(seed)
 
 
+class ReshuffleOnRestart:
+    """Draw a new shuffling order when the training loader restarts inside an epoch.
+
+    With ``steps_per_epoch`` larger than the loader, ignite restarts the loader within the epoch; the
+    sampler's epoch (which MONAI sets at each epoch start) would repeat the same order. Each mid-epoch
+    restart sets it to a value no epoch start uses (``RESTART_OFFSET`` + the iteration), so the order is
+    new and still a function of the seed and the step. Restarts at an epoch boundary keep MONAI's order.
+    """
+
+    RESTART_OFFSET = 1_000_000
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.DATALOADER_STOP_ITERATION, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch_length = engine.state.epoch_length
+        if epoch_length and engine.state.iteration % epoch_length != 0:
+            self.sampler.set_epoch(self.RESTART_OFFSET + engine.state.iteration)
+
+
 def _term(name: str, output: Any) -> float:
     return loss_terms_transform(output)[name]
 
@@ -98,9 +121,10 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class EpochCSVLogger:
-    """One row per epoch in ``path`` (CSV): epoch, the trainer's metrics (loss terms, lr) and the scalar
-    metrics of ``evaluator``'s last run (validation), for DVC training-curve plots. Rows of epochs at or
-    after the current one (left by an interrupted run being resumed) are replaced."""
+    """One row per epoch in ``path`` (CSV): epoch, optimiser steps so far (iteration), the trainer's
+    metrics (loss terms, lr) and the scalar metrics of ``evaluator``'s last run (validation), for DVC
+    training-curve plots. Rows of epochs at or after the current one (left by an interrupted run being
+    resumed) are replaced."""
 
     def __init__(self, path: str | Path, evaluator: Engine) -> None:
         self.path = Path(path)
@@ -113,6 +137,7 @@ class EpochCSVLogger:
         epoch = engine.state.epoch
         row = {
             "epoch": epoch,
+            "iteration": engine.state.iteration,
             **scalar_metrics(engine.state.metrics),
             **scalar_metrics(self.evaluator.state.metrics),
         }

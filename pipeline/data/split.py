@@ -15,8 +15,9 @@ makes equal folds and cannot pin rows to a split):
    Relative errors make small splits (val, test) receive each class as early as possible.
 4. ``--train-fraction F`` then keeps ``round(F * n)`` (at least one) of the training patients of
    each class (a patient's class: its most frequent label) and drops the others' rows; val and
-   test are untouched. The kept patients come from one seeded order per class, so smaller
-   fractions are subsets of larger ones for the same seed.
+   test are untouched. The kept patients come from one seeded order per class (``--subset-seed``,
+   default ``--seed``), so smaller fractions are subsets of larger ones for the same seed, and
+   another subset seed draws other patients from the same train/val/test split.
 """
 
 from __future__ import annotations
@@ -163,9 +164,17 @@ def _print_table(counts: dict[str, dict[str, dict[str, int]]]) -> None:
 
 
 def split_slices(
-    slices_csv: Path, output_csv: Path, val: float, test: float, seed: int, train_fraction: float = 1.0
+    slices_csv: Path,
+    output_csv: Path,
+    val: float,
+    test: float,
+    seed: int,
+    train_fraction: float = 1.0,
+    subset_seed: int | None = None,
 ) -> dict:
-    """Split ``slices_csv`` into ``output_csv`` (+ its ``.json`` report); returns the report."""
+    """Split ``slices_csv`` into ``output_csv`` (+ its ``.json`` report); returns the report.
+    ``subset_seed`` (default ``seed``) draws the training patients ``train_fraction`` keeps."""
+    subset_seed = seed if subset_seed is None else subset_seed
     check_fractions(val, test, train_fraction)
     slices_csv, output_csv = Path(slices_csv), Path(output_csv)
     if output_csv.resolve() == slices_csv.resolve():
@@ -177,7 +186,7 @@ def split_slices(
     if bad_given:
         raise ValueError(f"{slices_csv}: given_split values {bad_given} are not train/test/empty")
     splits = assign_splits(table, val, test, seed)
-    keep = subsample_train(table, splits, train_fraction, seed)
+    keep = subsample_train(table, splits, train_fraction, subset_seed)
     table["split"] = splits
     moved = int(((table["given_split"] == "train") & (table["split"] == "test")).sum())
     dropped = table[[not k for k in keep]]
@@ -196,6 +205,7 @@ def split_slices(
         "val": val,
         "test": test,
         "train_fraction": train_fraction,
+        "subset_seed": subset_seed,
         "patient_grouping": "by patient"
         if unknown.empty
         else NO_PATIENT_NOTE.format(rows=len(unknown), sources=unknown["source_id"].nunique()),
@@ -238,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep only this fraction in (0, 1] of the training patients of each class (default 1); "
         "val and test stay the same",
     )
+    parser.add_argument(
+        "--subset-seed",
+        type=int,
+        default=None,
+        help="seed of the training patients --train-fraction keeps (default: --seed); the train/val/test "
+        "split itself depends on --seed only",
+    )
     return parser
 
 
@@ -245,7 +262,9 @@ def main(argv: list[str]) -> int:
     """CLI entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        report = split_slices(args.slices, args.output, args.val, args.test, args.seed, args.train_fraction)
+        report = split_slices(
+            args.slices, args.output, args.val, args.test, args.seed, args.train_fraction, args.subset_seed
+        )
     except ValueError as err:
         print(f"split: error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""`python -m pipeline.stages <command>`: exec (the stage launcher), report, efficiency."""
+"""`python -m pipeline.stages <command>`: exec (the stage launcher), report, efficiency, and the runs of the
+experiments pipeline (efficiency-cell, efficiency-chosen, lambda-run, lambda-table)."""
 
 from __future__ import annotations
 
@@ -77,8 +78,35 @@ def _report(args: argparse.Namespace) -> int:
 def _efficiency(args: argparse.Namespace) -> int:
     from pipeline.stages.efficiency import write_efficiency
 
-    table = write_efficiency(args.eval_dir, args.output)
+    summary, differences = write_efficiency(
+        args.cells_dir, args.output, split_names(args.class_names), args.n_bootstrap, args.chosen_dir
+    )
+    print(summary.to_string(index=False))
+    print(differences.to_string(index=False))
+    return 0
+
+
+def _trial(args: argparse.Namespace) -> int:
+    from pipeline.params import load_params
+    from pipeline.stages import trials
+    from pipeline.stages.launcher import run_commands
+
+    params = load_params(args.params)
+    if args.name == "efficiency-cell":
+        commands = trials.cell_commands(params, args.fraction, args.seed, args.output)
+    elif args.name == "efficiency-chosen":
+        commands = trials.chosen_commands(params, args.fraction, args.seed, args.cell, args.output)
+    else:
+        commands = trials.lambda_commands(params, args.feature_weight, args.seed, args.output)
+    return run_commands(commands)
+
+
+def _lambda_table(args: argparse.Namespace) -> int:
+    from pipeline.stages.trials import write_lambda_table
+
+    table, chosen = write_lambda_table(args.runs, args.output)
     print(table.to_string(index=False))
+    print(f"chosen distill.lambda: {chosen:g}")
     return 0
 
 
@@ -151,13 +179,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     efficiency = commands.add_parser(
         "efficiency",
-        help="data-efficiency table and plot (baseline vs HDKD per training fraction)",
-        description="Collect EVAL_DIR/<variant>_f<fraction>_s<seed>/metrics.json into OUTPUT/efficiency.csv, "
-        "efficiency.json (mean and spread over seeds) and efficiency.png.",
+        help="data-efficiency table and plot (each arm and the paired HDKD - baseline per fraction)",
+        description="Collect CELLS_DIR/f<fraction>_s<seed>/ into OUTPUT/efficiency.csv (every run), "
+        "efficiency.json (per fraction: each arm's mean and 95%% CI over seeds, the paired HDKD - baseline "
+        "difference with CIs over seeds and over test patients) and efficiency.png.",
     )
-    efficiency.add_argument("--eval-dir", type=Path, required=True)
+    efficiency.add_argument("--cells-dir", type=Path, required=True, help="efficiency-cell folders")
+    efficiency.add_argument("--chosen-dir", type=Path, help="efficiency-chosen folders (same names)")
     efficiency.add_argument("--output", type=Path, required=True)
+    efficiency.add_argument("--class-names", required=True, help="comma-separated class names")
+    efficiency.add_argument(
+        "--n-bootstrap", type=int, default=1000, help="patient resamples (default %(default)s)"
+    )
     efficiency.set_defaults(handler=_efficiency)
+
+    cell = commands.add_parser(
+        "efficiency-cell",
+        help="one data-efficiency cell: subset split, teacher, baseline and published HDKD, test evaluations",
+        description="Train and evaluate the teacher, baseline and published-HDKD arms of one (fraction, "
+        "seed) cell of the data-efficiency study with the settings of params.yaml (pipeline.stages.trials).",
+    )
+    cell.add_argument("--fraction", type=float, required=True, help="of the training patients, in (0, 1]")
+    cell.add_argument("--seed", type=int, required=True, help="draws the patient subset and seeds training")
+    cell.add_argument("--output", type=Path, required=True, help="the cell's folder")
+    cell.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
+    cell.set_defaults(handler=_trial)
+
+    chosen = commands.add_parser(
+        "efficiency-chosen",
+        help="the HDKD arm with distill.* of params.yaml in one data-efficiency cell",
+        description="Train and evaluate HDKD with the distill.* settings of params.yaml on the split and "
+        "teacher of --cell (pipeline.stages.trials); nothing to train when they are the published ones.",
+    )
+    chosen.add_argument("--fraction", type=float, required=True, help="the cell's fraction")
+    chosen.add_argument("--seed", type=int, required=True, help="the cell's seed")
+    chosen.add_argument("--cell", type=Path, required=True, help="the cell's folder (efficiency-cell)")
+    chosen.add_argument("--output", type=Path, required=True, help="where models/hdkd and eval/hdkd go")
+    chosen.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
+    chosen.set_defaults(handler=_trial)
+
+    run = commands.add_parser(
+        "lambda-run",
+        help="train HDKD with one feature weight on the main split (to choose distill.lambda on validation)",
+        description="Train the HDKD student with --feature-weight (other settings from params.yaml) on "
+        "data/split/split.csv, distilled from models/teacher; its training_log.csv holds the validation "
+        "scores.",
+    )
+    run.add_argument("--feature-weight", type=float, required=True, help="lambda")
+    run.add_argument("--seed", type=int, required=True)
+    run.add_argument("--output", type=Path, required=True, help="models folder of the run")
+    run.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
+    run.set_defaults(handler=_trial)
+
+    table = commands.add_parser(
+        "lambda-table",
+        help="validation table of the lambda runs and the lambda it chooses",
+        description="Read RUNS/l<lambda>_s<seed>/training_log.csv into OUTPUT/validation.csv and "
+        "validation.json (the chosen lambda and the criterion).",
+    )
+    table.add_argument("--runs", type=Path, required=True)
+    table.add_argument("--output", type=Path, required=True)
+    table.set_defaults(handler=_lambda_table)
     return parser
 
 
