@@ -298,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-agreement",
         type=float,
         default=0.9,
-        help="least fraction of validation slices on which int8 and float predict the same class "
-        "(default 0.9)",
+        help="least fraction of validation slices on which int8 and float predict the same class; below "
+        "it the int8 file is not shipped and the record says why (default 0.9)",
     )
     parser.add_argument(
         "--register",
@@ -342,14 +342,23 @@ def _export_int8(args: argparse.Namespace, output_stem: Path, network: nn.Module
     )
     float_path = output_stem.with_suffix(".onnx")
     int8_path = quantize_int8(float_path, output_stem.with_suffix(".int8.onnx"), calibration)
-    return {
+    facts = {
         "file": int8_path.name,
         "sha256": _sha256(int8_path),
         "quantization": "static QDQ, per-channel int8 weights, uint8 activations (ONNX Runtime)",
         "calibration": {"split": "train", "images": len(calibration)},
         "check_split": "val",
-        **compare_predictions(float_path, int8_path, holdout, args.min_agreement),
+        **compare_predictions(float_path, int8_path, holdout, min_agreement=0.0),
     }
+    if facts["top1_agreement"] >= args.min_agreement:
+        return {**facts, "shipped": True}
+    # an int8 model that disagrees with the float one is not shipped; the float ONNX model stands
+    int8_path.unlink()
+    reason = (
+        f"top-1 agreement with the float model {facts['top1_agreement']:.1%} on {facts['images']} validation "
+        f"slices is below --min-agreement {args.min_agreement:.1%}: not shipped, use {float_path.name}"
+    )
+    return {**facts, "file": None, "sha256": None, "shipped": False, "reason": reason}
 
 
 def main(argv: list[str]) -> int:
@@ -399,10 +408,13 @@ def main(argv: list[str]) -> int:
         print(f"wrote {args.output / written['file']} (max abs logit diff {written['max_abs_diff']:.2g})")
     if "onnx_int8" in facts:
         written = facts["onnx_int8"]
-        print(
-            f"wrote {args.output / written['file']} (top-1 agreement with float "
-            f"{written['top1_agreement']:.1%} on {written['images']} validation slices)"
-        )
+        if written["shipped"]:
+            print(
+                f"wrote {args.output / written['file']} (top-1 agreement with float "
+                f"{written['top1_agreement']:.1%} on {written['images']} validation slices)"
+            )
+        else:
+            print(f"export: warning: int8 model {written['reason']}", file=sys.stderr)
     if args.register:
         _register(args, network, facts, test_metrics)
     return 0
@@ -434,7 +446,11 @@ def _register(
     from pipeline.tracking import training_run_of
     from pipeline.tracking.registry import register_model
 
-    files = {kind: args.output / facts[kind]["file"] for kind in ("onnx", "onnx_int8") if kind in facts}
+    files = {
+        kind: args.output / facts[kind]["file"]
+        for kind in ("onnx", "onnx_int8")
+        if kind in facts and facts[kind]["file"] is not None
+    }
     version, new = register_model(
         args.register,
         args.checkpoint,

@@ -45,6 +45,16 @@ def test_cli_writes_a_checked_int8_model_beside_the_float_one(tmp_path):
     # the check ran on all 8 validation slices (fewer than asked for), not on the calibration slices
     assert record["check_split"] == "val" and record["images"] == 8
     assert 0.5 <= record["top1_agreement"] <= 1 and 0 <= record["max_abs_probability_diff"] < 0.5
+    assert record["shipped"] is True
+
+    # an int8 model below the required agreement is measured, recorded and not shipped; the float stays
+    float_before = _digest(out / "hdkd.onnx")
+    argv[-1] = "1.01"  # no agreement can reach it
+    assert main(argv) == 0
+    record = json.loads((out / "hdkd.export.json").read_text())["onnx_int8"]
+    assert record["shipped"] is False and record["file"] is None and "not shipped" in record["reason"]
+    assert 0 <= record["top1_agreement"] <= 1 and not (out / "hdkd.int8.onnx").exists()
+    assert _digest(out / "hdkd.onnx") == float_before
 
 
 def test_quantization_never_overwrites_and_a_disagreeing_model_is_rejected(tmp_path):
