@@ -65,7 +65,7 @@ def test_python_m_commands_run_in_turn_in_the_stage_process(params_file: Path) -
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.index("--train-fraction") < result.stdout.index("--eval-dir")
+    assert result.stdout.index("--train-fraction") < result.stdout.index("--cells-dir")
 
 
 def test_startup_freezes_what_it_created_and_resumes_collecting() -> None:

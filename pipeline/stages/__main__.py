@@ -110,6 +110,14 @@ def _lambda_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_arguments(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """--seed, --output and --params of the training-run commands (efficiency-cell, -chosen, lambda-run)."""
+    parser.add_argument("--seed", type=int, required=True, help="patient subset (cells) and training seed")
+    parser.add_argument("--output", type=Path, required=True, help=output_help)
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
+    parser.set_defaults(handler=_trial)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of the stage entry points."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.stages", description=__doc__)
@@ -199,11 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate the teacher, baseline and published-HDKD arms of one (fraction, "
         "seed) cell of the data-efficiency study with the settings of params.yaml (pipeline.stages.trials).",
     )
+    _run_arguments(cell, "the cell's folder")
     cell.add_argument("--fraction", type=float, required=True, help="of the training patients, in (0, 1]")
-    cell.add_argument("--seed", type=int, required=True, help="draws the patient subset and seeds training")
-    cell.add_argument("--output", type=Path, required=True, help="the cell's folder")
-    cell.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
-    cell.set_defaults(handler=_trial)
 
     chosen = commands.add_parser(
         "efficiency-chosen",
@@ -211,12 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and evaluate HDKD with the distill.* settings of params.yaml on the split and "
         "teacher of --cell (pipeline.stages.trials); nothing to train when they are the published ones.",
     )
+    _run_arguments(chosen, "where models/hdkd and eval/hdkd go")
     chosen.add_argument("--fraction", type=float, required=True, help="the cell's fraction")
-    chosen.add_argument("--seed", type=int, required=True, help="the cell's seed")
     chosen.add_argument("--cell", type=Path, required=True, help="the cell's folder (efficiency-cell)")
-    chosen.add_argument("--output", type=Path, required=True, help="where models/hdkd and eval/hdkd go")
-    chosen.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
-    chosen.set_defaults(handler=_trial)
 
     run = commands.add_parser(
         "lambda-run",
@@ -225,11 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         "data/split/split.csv, distilled from models/teacher; its training_log.csv holds the validation "
         "scores.",
     )
+    _run_arguments(run, "models folder of the run")
     run.add_argument("--feature-weight", type=float, required=True, help="lambda")
-    run.add_argument("--seed", type=int, required=True)
-    run.add_argument("--output", type=Path, required=True, help="models folder of the run")
-    run.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="default %(default)s")
-    run.set_defaults(handler=_trial)
 
     table = commands.add_parser(
         "lambda-table",
