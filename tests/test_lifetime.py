@@ -63,7 +63,10 @@ def _stage(tmp_path: Path) -> list[str]:
     return [sys.executable, "-m", "pipeline.stages", "exec", "--no-network-check", "--params", str(params)]
 
 
-def test_killing_dvc_ends_the_stage_launcher_and_its_command(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_killing_dvc_ends_the_stage_launcher_and_its_command(tmp_path: Path, shell: str) -> None:
+    """DVC runs the stage through ``$SHELL -c``: bash replaces itself with the launcher, dash (Debian's
+    /bin/sh) stays between them and outlives DVC; the launcher ends either way."""
     pid_file = tmp_path / "command.pid"
     sleeper = (
         f"import os, time; open({str(pid_file)!r}, 'w').write(f'{{os.getpid()}} {{os.getppid()}}\\n'); "
@@ -74,7 +77,11 @@ def test_killing_dvc_ends_the_stage_launcher_and_its_command(tmp_path: Path) -> 
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
     repro = subprocess.Popen(
-        [*dvc, "repro"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*dvc, "repro"],
+        cwd=tmp_path,
+        env={**os.environ, "SHELL": shell},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     started: list[int] = []
     try:

@@ -17,11 +17,11 @@ OWN_PROCESS = __name__ == "__main__"
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from pipeline.lifetime import end_with_parent, exit_on_sigterm
+    from pipeline.lifetime import end_with_stage_runner, exit_on_sigterm
     from pipeline.stages.launcher import check_stage, launch, split_commands, startup_without_gc
 
     if OWN_PROCESS:  # a stage process: end with `dvc repro`, and close its runs cleanly on SIGTERM
-        end_with_parent()
+        end_with_stage_runner()
         exit_on_sigterm()
     with startup_without_gc() if OWN_PROCESS else nullcontext():
         try:
