@@ -348,7 +348,7 @@ def _export_int8(args: argparse.Namespace, output_stem: Path, network: nn.Module
         "quantization": "static QDQ, per-channel int8 weights, uint8 activations (ONNX Runtime)",
         "calibration": {"split": "train", "images": len(calibration)},
         "check_split": "val",
-        **compare_predictions(float_path, int8_path, holdout, min_agreement=0.0),
+        **compare_predictions(float_path, int8_path, holdout),
     }
     if facts["top1_agreement"] >= args.min_agreement:
         return {**facts, "shipped": True}

@@ -95,22 +95,15 @@ def _probabilities(onnx_path: Path, images: np.ndarray) -> np.ndarray:
 
 
 def compare_predictions(
-    float_path: str | Path, int8_path: str | Path, images: np.ndarray, min_agreement: float
+    float_path: str | Path, int8_path: str | Path, images: np.ndarray
 ) -> dict[str, float | int]:
     """Top-1 agreement and largest class-probability change of the int8 model against the float model
-    on ``images``; ValueError when the agreement is below ``min_agreement``."""
+    on ``images`` (the caller decides whether that is enough to ship it)."""
     reference = _probabilities(Path(float_path), images)
     quantized = _probabilities(Path(int8_path), images)
     agreement = float((reference.argmax(axis=1) == quantized.argmax(axis=1)).mean())
-    facts = {
+    return {
         "images": len(images),
         "top1_agreement": agreement,
         "max_abs_probability_diff": float(np.abs(reference - quantized).max()),
     }
-    if agreement < min_agreement:
-        raise ValueError(
-            f"int8 model {int8_path}: predicted class agrees with the float model on {agreement:.1%} of "
-            f"{len(images)} images, below the required {min_agreement:.1%}; calibrate on more images or "
-            "ship the float model"
-        )
-    return facts
