@@ -217,8 +217,8 @@ def test_headers_claiming_enormous_images_are_rejected_before_reading(tmp_path):
     reasons = rejected(tmp_path / "out")
     assert sorted(reasons) == ["glioma/bomb.nii", "glioma/bomb.png"]
     assert all("more than the limit" in r for r in reasons.values())
-    assert "27,000,000,000,000 values" in reasons["glioma/bomb.nii"]
-    assert run(root, tmp_path / "small", "--max-voxels", "1000") == 2  # the limit is a setting
+    assert "108,000,000,000,000 bytes" in reasons["glioma/bomb.nii"]  # 30000^3 float32 values
+    assert run(root, tmp_path / "small", "--max-item-bytes", "1000") == 2  # the limit is a setting
     assert "more than the limit of 1,000" in rejected(tmp_path / "small")["glioma/fine.png"]
 
 
