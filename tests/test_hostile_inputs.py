@@ -149,7 +149,8 @@ def bombs(tmp_path_factory) -> tuple[Path, Path]:
     _gzip_bomb(hostile / "glioma" / "header_bomb.nii.gz", (1500, 1600, 1500), 3_600_000_000)
     _gzip_bomb(hostile / "glioma" / "stream_bomb.nii.gz", (16, 16, 16), 3_600_000_000)
     _frames_bomb(hostile / "glioma" / "frames.dcm")
-    _big_png(hostile / "meningioma" / "wide.png")
+    _big_png(hostile / "meningioma" / "wide.png")  # 144 M pixels: 2.2 GB to read and slice
+    _big_png(hostile / "meningioma" / "large.png", 6000)  # 36 M pixels: 0.6 GB, within the limit
     return plain, hostile
 
 
@@ -159,14 +160,15 @@ def test_memory_bombs_are_rejected_from_their_headers_and_ingest_stays_within_it
     last = _limited("ingest", plain, hostile, tmp_path / "out")
     assert last.startswith("exit 0 ")
     reasons = _rows(tmp_path / "out" / "hostile" / "rejected.csv")
-    assert sorted(reasons) == ["glioma/frames.dcm", "glioma/header_bomb.nii.gz", "glioma/stream_bomb.nii.gz"]
-    assert "more than the limit of 1,073,741,824" in reasons["glioma/header_bomb.nii.gz"]
-    assert "2,000,000,000" not in reasons["glioma/frames.dcm"] and "more than the limit" in reasons[
-        "glioma/frames.dcm"]
-    assert "gzip stream inflates past the 4,448 bytes" in reasons["glioma/stream_bomb.nii.gz"]
+    assert sorted(reasons) == ["glioma/frames.dcm", "glioma/header_bomb.nii.gz", "glioma/stream_bomb.nii.gz",
+                               "meningioma/wide.png"]
+    for path in ("glioma/frames.dcm", "glioma/header_bomb.nii.gz", "meningioma/wide.png"):
+        assert "more than the limit of 1,073,741,824 (--max-item-bytes): refused before" in reasons[path]
+    assert "header claims 2,448,000,000 bytes" in reasons["meningioma/wide.png"]  # 144 M x (1 + 16)
+    assert reasons["glioma/stream_bomb.nii.gz"].startswith("gzip stream inflates past the ")
     accepted = {row.path: row for row in read_manifest(tmp_path / "out" / "hostile" / "manifest.csv")}
-    assert sorted(accepted) == ["glioma/good.png", "meningioma/good.nii.gz", "meningioma/wide.png"]
-    assert accepted["meningioma/wide.png"].shape == (1, 12000, 12000)  # large but within the limit: read
+    assert sorted(accepted) == ["glioma/good.png", "meningioma/good.nii.gz", "meningioma/large.png"]
+    assert accepted["meningioma/large.png"].shape == (1, 6000, 6000)  # large but within the limit: read
 
 
 def test_memory_bombs_are_rejected_by_inference_within_its_budget(bombs, tmp_path):
@@ -175,10 +177,11 @@ def test_memory_bombs_are_rejected_by_inference_within_its_budget(bombs, tmp_pat
     assert last.startswith("exit 0 ")
     result = json.loads((tmp_path / "out" / "hostile" / "predictions.json").read_text())
     assert sorted(item["input"] for item in result["inputs"]) == [
-        "glioma/good.png", "meningioma/good.nii.gz", "meningioma/wide.png"]
+        "glioma/good.png", "meningioma/good.nii.gz", "meningioma/large.png"]
     reasons = _rows(tmp_path / "out" / "hostile" / "rejected.csv", key="input")
-    assert sorted(reasons) == ["glioma/frames.dcm", "glioma/header_bomb.nii.gz", "glioma/stream_bomb.nii.gz"]
-    assert all("limit" in r or "gzip stream" in r for r in reasons.values())
+    assert sorted(reasons) == ["glioma/frames.dcm", "glioma/header_bomb.nii.gz", "glioma/stream_bomb.nii.gz",
+                               "meningioma/wide.png"]
+    assert all("refused before reading" in r or "gzip stream" in r for r in reasons.values())
 
 
 def test_the_limit_is_one_setting(tmp_path):

@@ -443,8 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read the files in this many processes (default 0: in this process); the "
                         "outputs are the same")
     parser.add_argument("--max-item-bytes", type=int, default=MAX_ITEM_BYTES,
-                        help="reject an item whose header claims a larger decoded size (voxels x channels x "
-                        "the wider of its stored type and float32) before reading its data (default "
+                        help="reject an item whose header claims more memory to read (voxels x channels x "
+                        "(stored bytes + 16 for its float32 copies)) before reading its data (default "
                         f"{MAX_ITEM_BYTES:,} = 1 GiB)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     return parser

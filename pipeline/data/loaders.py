@@ -95,7 +95,8 @@ def _validate(image: MetaTensor, what: str) -> MetaTensor:
     """LoadError for zero-size or non-finite data."""
     if image.numel() == 0:
         raise LoadError(f"zero-size {what} {tuple(image.shape)}")
-    bad = int((~torch.isfinite(image.as_tensor())).sum())
+    finite = torch.isfinite(image.as_tensor())
+    bad = 0 if bool(finite.all()) else int(finite.numel() - finite.count_nonzero())  # no int64 copy
     if bad:
         raise LoadError(f"{what} holds {bad} NaN/Inf values")
     return image
@@ -127,7 +128,7 @@ def check_foreground(image: MetaTensor) -> None:
     from its darkest value (in any channel)."""
     pixels = image.as_tensor()
     foreground = (pixels > pixels.amin(dim=tuple(range(1, pixels.ndim)), keepdim=True)).any(dim=0)
-    share = float(foreground.float().mean())
+    share = int(foreground.count_nonzero()) / max(foreground.numel(), 1)
     if share < MIN_FOREGROUND_FRACTION:
         raise LoadError(f"near-empty image {tuple(image.shape[1:])}: {100 * share:.2f} % of its pixels "
                         f"differ from the background value (needs {100 * MIN_FOREGROUND_FRACTION:g} %)")
