@@ -204,7 +204,10 @@ def predict(
             "pass --input PATH: a DICOM series folder, a NIfTI volume, a 2D image or a folder of them"
         )
     items, rejected = find_inputs(input_path, max_item_bytes)
-    settings = SliceSettings(central_slices=slices_per_volume, max_per_volume=slices_per_volume)
+    # slices resized to the network's size as the slices stage does for training (--size), before batching:
+    # a large image never reaches the evaluation transforms at full size
+    settings = SliceSettings(central_slices=slices_per_volume, max_per_volume=slices_per_volume,
+                             size=image_size)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     names = list(class_names)
