@@ -6,7 +6,8 @@ Prints:
 - the CPU share of ingest spent validating DICOM pixel data before series assembly (each file read
   with and without its pixel data decoded, side by side). Target: at most ~20 % of ingest;
 - the CPU share of ingest spent on the hostile-input checks (link confinement and UTF-8 name per file;
-  header warnings and the near-empty foreground check per item), timed on their own over the cohort;
+  the capped gzip stream pass per .nii.gz, with its header read; header warnings and the near-empty
+  foreground check per item), timed on their own over the cohort;
 - the share of each training step spent waiting on the DataLoader, with the cached training set
   (``make_dataset``, the training augmentation) and the demo student network, over whole epochs.
   Target: below 10 % of the step time.
@@ -31,7 +32,7 @@ from monai.utils import set_determinism
 from pipeline.data import demo, ingest, slices, split
 from pipeline.data.datasets import loader_worker_init, make_dataset
 from pipeline.data.dicom import read_header
-from pipeline.data.discovery import inside, printable, sniff_format, walk
+from pipeline.data.discovery import claimed_bytes, inside, printable, sniff_format, walk
 from pipeline.data.limits import MAX_ITEM_BYTES
 from pipeline.data.loaders import check_foreground, header_notes, load_item
 from pipeline.data.manifest import item_files, read_manifest
@@ -117,9 +118,11 @@ def validation_cpu(root: Path) -> tuple[float, float]:
 
 def hostile_checks_cpu(root: Path, manifest: Path) -> float:
     """CPU seconds of the checks ingest runs against hostile inputs, timed alone (median of three passes):
-    per file, whether it stays inside ``root`` and has a UTF-8 name; per manifest item, its header warnings
+    per file, whether it stays inside ``root`` and has a UTF-8 name; per NIfTI, its header size with the
+    capped gzip stream pass (:func:`claimed_bytes`); per manifest item, its header warnings
     (:func:`header_notes`) and, for 2D images, the foreground check (loading is not timed)."""
     files = list(walk(root, set()))
+    nifti = [path for path in files if sniff_format(path) == "nifti"]
     items = [(row, load_item(manifest, row), item_files(manifest, row)[0]) for row in read_manifest(manifest)]
     runs = []
     for _ in range(3):
@@ -127,6 +130,8 @@ def hostile_checks_cpu(root: Path, manifest: Path) -> float:
         for path in files:
             inside(path, root)
             printable(path.relative_to(root).as_posix())
+        for path in nifti:
+            claimed_bytes(path, "nifti")
         for row, image, first_file in items:
             if row.format != "dicom":
                 header_notes(first_file, row.format, image)
