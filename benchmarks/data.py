@@ -5,13 +5,17 @@ Prints:
   both timed in-process (interpreter start-up and imports excluded);
 - the CPU share of ingest spent validating DICOM pixel data before series assembly (each file read
   with and without its pixel data decoded, side by side). Target: at most ~20 % of ingest;
+- the CPU share of ingest spent on the hostile-input checks (link confinement and UTF-8 name per file;
+  the capped gzip stream pass per .nii.gz, with its header read; header warnings and the near-empty
+  foreground check per item), timed on their own over the cohort;
 - the share of each training step spent waiting on the DataLoader, with the cached training set
   (``make_dataset``, the training augmentation) and the demo student network, over whole epochs.
   Target: below 10 % of the step time.
 
 Usage (from the repository root, with the package installed or ``PYTHONPATH=.``):
 ``python benchmarks/data.py [--workdir DIR] [--epochs 3] [--workers 2] [--batch-size 16] [--size 64]
-[--threads N] [--slice-workers 0] [--split CSV]``. Without --workdir a temporary folder is used and removed.
+[--threads N] [--slice-workers 0] [--split CSV] [--data-only]``. Without --workdir a temporary folder is
+used and removed.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from monai.utils import set_determinism
 from pipeline.data import demo, ingest, slices, split
 from pipeline.data.datasets import loader_worker_init, make_dataset
 from pipeline.data.dicom import read_header
-from pipeline.data.discovery import MAX_VOXELS, sniff_format, walk
-from pipeline.data.manifest import read_manifest
+from pipeline.data.discovery import claimed_bytes, inside, printable, sniff_format, walk
+from pipeline.data.limits import MAX_ITEM_BYTES
+from pipeline.data.loaders import check_foreground, header_notes, load_item
+from pipeline.data.manifest import item_files, read_manifest
 from pipeline.data.slices import SliceSettings, extract_slices
 from pipeline.data.transforms import train_transforms
 from pipeline.device import cpu_report
@@ -69,6 +75,8 @@ def prepare(workdir: Path, size: int, slice_workers: int) -> tuple[Path, dict]:
           f"{items / (ingest_cpu - validation):.2f}")
     manifest = workdir / "ingest" / "manifest.csv"
     rows = read_manifest(manifest)
+    checks = hostile_checks_cpu(workdir / "demo", manifest)
+    print(f"hostile-input checks: {checks:.3f} s CPU = {100 * checks / ingest_cpu:.2f} % of ingest CPU")
     summary, slices_wall, slices_cpu = _timed(
         "slices",
         extract_slices,
@@ -97,15 +105,40 @@ def validation_cpu(root: Path) -> tuple[float, float]:
     """CPU seconds to read every DICOM header under ``root`` without and with its pixel data decoded
     (what ingest's per-file validation adds), median of three passes each."""
     files = [path for path in walk(root, set()) if sniff_format(path) == "dicom"]
-    timings = {0: [], MAX_VOXELS: []}
+    timings = {0: [], MAX_ITEM_BYTES: []}
     for _ in range(3):
-        for max_voxels, runs in timings.items():
+        for max_item_bytes, runs in timings.items():
             start = time.process_time()
             for path in files:
-                read_header(path, max_voxels)
+                read_header(path, max_item_bytes)
             runs.append(time.process_time() - start)
     plain, checked = (sorted(runs)[1] for runs in timings.values())
     return plain, checked
+
+
+def hostile_checks_cpu(root: Path, manifest: Path) -> float:
+    """CPU seconds of the checks ingest runs against hostile inputs, timed alone (median of three passes):
+    per file, whether it stays inside ``root`` and has a UTF-8 name; per NIfTI, its header size with the
+    capped gzip stream pass (:func:`claimed_bytes`); per manifest item, its header warnings
+    (:func:`header_notes`) and, for 2D images, the foreground check (loading is not timed)."""
+    files = list(walk(root, set()))
+    nifti = [path for path in files if sniff_format(path) == "nifti"]
+    items = [(row, load_item(manifest, row), item_files(manifest, row)[0]) for row in read_manifest(manifest)]
+    runs = []
+    for _ in range(3):
+        start = time.process_time()
+        for path in files:
+            inside(path, root)
+            printable(path.relative_to(root).as_posix())
+        for path in nifti:
+            claimed_bytes(path, "nifti")
+        for row, image, first_file in items:
+            if row.format != "dicom":
+                header_notes(first_file, row.format, image)
+            if row.kind == "image":
+                check_foreground(image)
+        runs.append(time.process_time() - start)
+    return sorted(runs)[1]
 
 
 def loader_wait(
@@ -178,6 +211,7 @@ def main() -> None:
         default=None,
         help="time only the loader, on this existing split CSV (demo classes)",
     )
+    parser.add_argument("--data-only", action="store_true", help="stop after ingest and slices (no loader)")
     args = parser.parse_args()
     print(cpu_report().summary())
     if args.threads:
@@ -189,6 +223,8 @@ def main() -> None:
             split_csv, figures = prepare(workdir, args.size, args.slice_workers)
             for name, value in figures.items():
                 print(f"{name}: {value:.2f}")
+        if args.data_only:
+            return
         augment = augmentation_cpu(split_csv, args.batch_size, args.size)
         print(f"augmentation: {augment:.0f} ms CPU per batch in one worker")
         for epoch, (waiting, total) in enumerate(

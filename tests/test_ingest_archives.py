@@ -136,7 +136,8 @@ def test_identical_pixels_under_two_patients_warn(tmp_path):
     image = phantom((20, 20), seed=6)
     save_dicom(dicom_dataset(image, series_uid="1.2.3.1", patient_id="P1"), root / "glioma" / "one.dcm")
     save_dicom(dicom_dataset(image, series_uid="1.2.3.2", patient_id="P2"), root / "glioma" / "two.dcm")
-    blank = np.zeros((20, 20), np.uint16)  # blank images of two patients are alike by nature: no warning
+    # blank volumes of two patients are alike by nature: no warning (blank 2D images are rejected)
+    blank = np.zeros((2, 20, 20), np.uint16)
     save_dicom(dicom_dataset(blank, series_uid="1.2.3.3", patient_id="P1"), root / "glioma" / "blank1.dcm")
     save_dicom(dicom_dataset(blank, series_uid="1.2.3.4", patient_id="P2"), root / "glioma" / "blank2.dcm")
     assert run(root, tmp_path / "out") == 0
@@ -217,8 +218,8 @@ def test_headers_claiming_enormous_images_are_rejected_before_reading(tmp_path):
     reasons = rejected(tmp_path / "out")
     assert sorted(reasons) == ["glioma/bomb.nii", "glioma/bomb.png"]
     assert all("more than the limit" in r for r in reasons.values())
-    assert "27,000,000,000,000 values" in reasons["glioma/bomb.nii"]
-    assert run(root, tmp_path / "small", "--max-voxels", "1000") == 2  # the limit is a setting
+    assert "540,000,000,000,000 bytes" in reasons["glioma/bomb.nii"]  # 30000^3 float32 values x (4 + 16)
+    assert run(root, tmp_path / "small", "--max-item-bytes", "1000") == 2  # the limit is a setting
     assert "more than the limit of 1,000" in rejected(tmp_path / "small")["glioma/fine.png"]
 
 

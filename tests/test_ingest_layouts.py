@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from test_ingest_factory import SALT, phantom, rejected, run, write_nifti, write_series
 
+from pipeline.data.discovery import OUTSIDE_INPUT
 from pipeline.data.loaders import load_item
 from pipeline.data.manifest import MANIFEST_COLUMNS, item_files, mask_file, read_info, read_manifest
 from pipeline.data.privacy import salted_hash
@@ -93,13 +94,16 @@ def test_class_folders(tmp_path, capsys):
     root = tmp_path / "in"
     _png(root / "benign" / "deep" / "er" / "a.png", 1)
     _png(tmp_path / "elsewhere" / "b.png", 2)
-    (root / "malignant").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # followed
-    (root / "benign" / "loop").symlink_to(root, target_is_directory=True)  # not walked twice
+    _png(root / "store" / "c.png", 3)
+    (root / "malignant").symlink_to(root / "store", target_is_directory=True)  # inside: followed (store is
+    (root / "outside").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # then not walked
+    (root / "benign" / "loop").symlink_to(root, target_is_directory=True)  # twice); outside: one row
     assert run(root, tmp_path / "out") == 0
-    assert "layout class-folders: 2 accepted (benign 1, malignant 1), 0 rejected" in capsys.readouterr().out
+    assert "layout class-folders: 2 accepted (benign 1, malignant 1), 1 rejected" in capsys.readouterr().out
     rows = read_manifest(tmp_path / "out" / "manifest.csv")
     assert [(r.path, r.label, r.given_split) for r in rows] == [
-        ("benign/deep/er/a.png", "benign", ""), ("malignant/b.png", "malignant", "")]
+        ("benign/deep/er/a.png", "benign", ""), ("malignant/c.png", "malignant", "")]
+    assert rejected(tmp_path / "out") == {"outside": OUTSIDE_INPUT}
 
 
 def test_brain_tumor_mri_layout_keeps_the_given_split(tmp_path, capsys):

@@ -28,9 +28,10 @@ from torch import nn
 
 from pipeline.data.demo import MARKER as DEMO_MARKER
 from pipeline.data.dicom import DicomError
-from pipeline.data.discovery import Found, Unreadable, classify, walk
+from pipeline.data.discovery import Found, Unreadable, classify, printable, walk
 from pipeline.data.ingest import Candidate, group_dicom, screen_dicom
-from pipeline.data.loaders import LoadError, kind_of, read_item
+from pipeline.data.limits import MAX_ITEM_BYTES
+from pipeline.data.loaders import LoadError, error_line, kind_of, read_item
 from pipeline.data.manifest import MANIFEST_NAME, input_root
 from pipeline.data.slices import SkipItem, SliceSettings, image_slice, volume_slices
 from pipeline.data.transforms import eval_transforms
@@ -75,22 +76,26 @@ def _names(candidates: list[Candidate], root: Path) -> list[str]:
     return names
 
 
-def find_inputs(path: str | Path) -> tuple[list[InputItem], list[tuple[str, str]]]:
+def find_inputs(path: str | Path, max_item_bytes: int = MAX_ITEM_BYTES
+                ) -> tuple[list[InputItem], list[tuple[str, str]]]:
     """The items under ``path`` (a file or a folder; DICOM files validated one by one, de-duplicated and
-    grouped by series as ingest does) and the files that cannot be used, as (relative path, reason).
-    FileNotFoundError when ``path`` does not exist."""
+    grouped by series as ingest does; links leaving the folder and headers claiming more than
+    ``max_item_bytes`` decoded rejected unread) and the files that cannot be used, as (relative path,
+    reason). FileNotFoundError when ``path`` does not exist."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--input {path} does not exist")
+    if not path.is_dir():
+        path = path.resolve()  # a file named on its own is read wherever its link points
     root = path if path.is_dir() else path.parent
     files = list(walk(root, set())) if path.is_dir() else [path]
     found: list[Found] = []
     rejected: list[tuple[str, str]] = []
     for file in files:
         try:
-            found.append(classify(file, root))
+            found.append(classify(file, root, max_item_bytes))
         except Unreadable as error:
-            rejected.append((file.relative_to(root).as_posix(), str(error)))
+            rejected.append((printable(file.relative_to(root).as_posix()), str(error)))
     dicom, segmentations, screened, dropped = screen_dicom(found)
     rejected += screened + [(f.relpath, SEG_NOT_IMAGE) for f in segmentations]
     candidates, refused = group_dicom(dicom, dropped)
@@ -181,6 +186,7 @@ def predict(
     gradcam_layer: str = "stages.2",
     provenance: dict[str, Any] | None = None,
     engine: str = AUTO,
+    max_item_bytes: int = MAX_ITEM_BYTES,
 ) -> dict[str, Any]:
     """Classify every image / volume under ``input_path`` with ``network`` (logits out) and write the
     outputs to ``output_dir``; returns the content of predictions.json, which carries ``provenance``
@@ -190,14 +196,18 @@ def predict(
     row of rejected.csv and the others are still classified; only when nothing is usable is it a ValueError
     naming the files and reasons. Colour images for a 1-channel model are converted by :data:`LUMINANCE`.
     ``engine`` is a ``pipeline.engines`` name or "auto" (the fastest that agrees with float32 here,
-    measured once and cached).
+    measured once and cached). ``max_item_bytes`` bounds the decoded size of one input, read from its
+    header before its data (:mod:`pipeline.data.limits`).
     """
     if input_path is None:
         raise ValueError(
             "pass --input PATH: a DICOM series folder, a NIfTI volume, a 2D image or a folder of them"
         )
-    items, rejected = find_inputs(input_path)
-    settings = SliceSettings(central_slices=slices_per_volume, max_per_volume=slices_per_volume)
+    items, rejected = find_inputs(input_path, max_item_bytes)
+    # slices resized to the network's size as the slices stage does for training (--size), before batching:
+    # a large image never reaches the evaluation transforms at full size
+    settings = SliceSettings(central_slices=slices_per_volume, max_per_volume=slices_per_volume,
+                             size=image_size)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     names = list(class_names)
@@ -209,6 +219,9 @@ def predict(
                 converted = [to_channels(array, in_channels) for _, array in slices]
             except REJECTIONS as error:
                 rejected.append((item.name, str(error)))
+                continue
+            except Exception as error:  # e.g. MONAI cannot orient a singular affine: only this input fails
+                rejected.append((item.name, f"cannot process: {error_line(error)}"))
                 continue
             for (z, _), (array, conversion) in zip(slices, converted, strict=True):
                 file = Path(scratch) / f"{index}_{z}.npy"

@@ -31,6 +31,8 @@ from monai.data.utils import orientation_ras_lps
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut
 
+from pipeline.data.limits import decoded_bytes, too_large
+
 SEG_SOP_CLASS = pydicom.uid.SegmentationStorage
 # Tags that tell apart two acquisitions stored under one SeriesInstanceUID at the same slice positions.
 ACQUISITION_TAGS = ("AcquisitionNumber", "EchoNumbers", "TemporalPositionIdentifier", "TriggerTime")
@@ -168,12 +170,21 @@ def _geometry_tags(ds: Dataset, frames: int) -> tuple:
     return orientation, positions, spacing, (between[0] if between else None), rescale
 
 
-def read_header(path: str | Path, max_voxels: int = 0) -> DicomFile:
+def _claimed_bytes(ds: Dataset, frames: int) -> int:
+    """Decoded size the header claims: rows x columns x frames x channels at BitsAllocated (as loaded)."""
+    channels = 3 if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR" else \
+        int(ds.get("SamplesPerPixel") or 1)
+    values = int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * frames * channels
+    return decoded_bytes(values, -(-int(ds.get("BitsAllocated") or 8) // 8))
+
+
+def read_header(path: str | Path, max_item_bytes: int = 0) -> DicomFile:
     """Summarise one file's DICOM header; DicomError when it is not a parseable DICOM dataset.
 
-    With ``max_voxels`` > 0 the pixel data is decoded once as well, unless the header claims more values
-    than that: a file that does not decode (or is too large) gets the reason in ``pixel_error``, so it can
-    be rejected on its own; one that decodes gets a ``pixel_digest`` (unless all its values are equal).
+    With ``max_item_bytes`` > 0 a header claiming a larger decoded size is a DicomError (before anything
+    else is read), and the pixel data is decoded once: a file that does not decode gets the reason in
+    ``pixel_error``, so it can be rejected on its own; one that decodes gets a ``pixel_digest`` (unless all
+    its values are equal).
     """
     path = Path(path)
     with _quiet_pydicom():
@@ -182,6 +193,10 @@ def read_header(path: str | Path, max_voxels: int = 0) -> DicomFile:
             if not _looks_like_dicom(ds):
                 raise DicomError("corrupt or truncated DICOM: no recognisable DICOM header")
             frames = int(ds.get("NumberOfFrames") or 1)
+            if frames < 1:
+                raise DicomError(f"NumberOfFrames is {frames}: not an image")
+            if max_item_bytes and _claimed_bytes(ds, frames) > max_item_bytes:
+                raise DicomError(too_large(_claimed_bytes(ds, frames), max_item_bytes))
             orientation, positions, spacing, between, rescale = _geometry_tags(ds, frames)
             syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
             header = DicomFile(
@@ -218,8 +233,8 @@ def read_header(path: str | Path, max_voxels: int = 0) -> DicomFile:
         except Exception as err:  # pydicom raises many types for truncated or corrupt files
             reason = f"corrupt or truncated DICOM: header cannot be parsed ({type(err).__name__})"
             raise DicomError(reason) from err
-        if max_voxels and header.has_pixels:
-            return _checked(header, ds, max_voxels)
+        if max_item_bytes and header.has_pixels:
+            return _checked(header, ds)
         return header
 
 
@@ -230,11 +245,9 @@ def _referenced_series(ds: Dataset) -> tuple[str, ...]:
     return tuple(str(item.get("SeriesInstanceUID", "")) for item in ds.get("ReferencedSeriesSequence", []))
 
 
-def _checked(header: DicomFile, ds: Dataset, max_voxels: int) -> DicomFile:
+def _checked(header: DicomFile, ds: Dataset) -> DicomFile:
     """``header`` with the outcome of decoding the pixel data of ``ds``: a digest, or the error."""
     expected = header.frames * header.rows * header.columns * header.samples
-    if expected > max_voxels:
-        return dataclasses.replace(header, pixel_error=too_large(expected, max_voxels))
     try:
         pixels = np.ascontiguousarray(ds.pixel_array)
     except Exception as err:  # decoders raise many types; the file is unusable either way
@@ -245,12 +258,6 @@ def _checked(header: DicomFile, ds: Dataset, max_voxels: int) -> DicomFile:
     if pixels.size == 0 or pixels.min() == pixels.max():
         return header  # a blank image says nothing about who it belongs to: no digest to compare
     return dataclasses.replace(header, pixel_digest=hashlib.sha256(pixels.tobytes()).hexdigest())
-
-
-def too_large(values: int, max_voxels: int) -> str:
-    """The rejection reason for a header that claims more values than the limit (checked before reading)."""
-    return (f"header claims {values:,} values, more than the limit of {max_voxels:,} (ingest --max-voxels): "
-            "refused before reading the data")
 
 
 def _decode_error(item: DicomFile, err: Exception) -> str:

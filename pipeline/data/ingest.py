@@ -23,9 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.dicom import ACQUISITION_TAGS, DicomError, DicomFile, check_stackable, stack_geometry
-from pipeline.data.discovery import MAX_VOXELS, Found, Unreadable, classify, walk
+from pipeline.data.discovery import OUTSIDE_INPUT, Found, Unreadable, classify, inside, printable, walk
 from pipeline.data.labels import ItemKey, LabelSource, NoLabel, detect_layout
-from pipeline.data.loaders import kind_of, load_mask, read_item, spacing_of
+from pipeline.data.limits import MAX_ITEM_BYTES
+from pipeline.data.loaders import header_notes, kind_of, load_mask, read_item, spacing_of
 from pipeline.data.manifest import MANIFEST_NAME, REJECTED_NAME, ManifestRow, write_outputs
 from pipeline.data.parallel import map_in_order, one_torch_thread
 from pipeline.data.privacy import DEMO_SALT, SALT_ENV, resolve_salt, salted_hash
@@ -75,8 +76,6 @@ def _regular_stack(files: list[DicomFile]) -> str:
         return "some files have no ImageOrientationPatient/ImagePositionPatient"
     if any(not np.allclose(f.orientation, files[0].orientation, atol=1e-4) for f in files):  # type: ignore[arg-type]
         return "files differ in orientation"
-    if len({(f.rows, f.columns, f.samples) for f in files}) > 1:
-        return "files differ in matrix size"
     return ""
 
 
@@ -151,6 +150,22 @@ def _stacks(members: list[Found], folder: str) -> tuple[list[Candidate], list[tu
             for value, part in parts.items()], []
 
 
+def _largest_size(members: list[Found]) -> tuple[list[Found], list[tuple[str, str]]]:
+    """Single-frame files of one series that share the most common matrix size (rows, columns, samples;
+    the larger size on a tie), and the others as rejected rows: a series mixing image sizes keeps its
+    largest consistent group, in ingest and inference alike."""
+    groups: dict[tuple[int, int, int], list[Found]] = defaultdict(list)
+    for member in members:
+        header: DicomFile = member.dicom  # type: ignore[assignment]
+        groups[(header.rows, header.columns, header.samples)].append(member)
+    if len(groups) < 2:
+        return members, []
+    size, kept = max(groups.items(), key=lambda pair: (len(pair[1]), pair[0]))
+    reason = "{}x{} pixels while {} file(s) of its series have {}x{}: only that group is used"
+    return kept, [(m.relpath, reason.format(*other[:2], len(kept), *size[:2]))
+                  for other, group in groups.items() if group is not kept for m in group]
+
+
 def group_dicom(found: list[Found], dropped: Counter[str] | None = None
                 ) -> tuple[list[Candidate], list[tuple[str, str]]]:
     """DICOM files as items: one per multi-frame file, one per regular single-frame series (one per
@@ -161,14 +176,18 @@ def group_dicom(found: list[Found], dropped: Counter[str] | None = None
         series[item.dicom.series_uid or f"file:{item.relpath}"].append(item)  # type: ignore[union-attr]
     candidates: list[Candidate] = []
     rejected: list[tuple[str, str]] = []
+    dropped = Counter(dropped or {})
     for uid, members in series.items():
         single = [m for m in members if m.dicom.frames == 1]  # type: ignore[union-attr]
         candidates += [Candidate(m.relpath, "dicom", [m]) for m in members if m.dicom.frames > 1]  # type: ignore[union-attr]
+        single, refused = _largest_size(single)
+        rejected += refused
+        dropped[uid] += len(refused)
         if len(single) > 1:
             why_not = _regular_stack([m.dicom for m in single])  # type: ignore[misc]
             if not why_not:
                 stacks, refused = _stacks(single, _folder_of(single))
-                if dropped and dropped[uid]:
+                if dropped[uid]:
                     for stack in stacks:
                         stack.notes.append(f"{dropped[uid]} file(s) of its series rejected (see "
                                            "rejected.csv); the volume is built from the rest")
@@ -238,6 +257,8 @@ def _item_key(candidate: Candidate) -> ItemKey:
 def _check_mask(root: Path, mask: str, image_shape: tuple[int, ...]) -> None:
     """ValueError unless the mask exists, loads and has the image's spatial shape."""
     path = root / mask
+    if not inside(path, root):
+        raise ValueError(f"mask '{mask}' named in the labels is {OUTSIDE_INPUT}")
     if not path.is_file():
         raise ValueError(f"mask '{mask}' named in the labels does not exist")
     try:
@@ -266,6 +287,8 @@ def build_row(root: Path, candidate: Candidate, source: LabelSource, salt: str,
             raise  # a mask the labels name must fit
         notes.append(f"{SEG_UNUSED.format(path=mask)}: {err}")  # the image is good without its SEG
         mask = ""
+    if not candidate.dicom:
+        notes += header_notes(candidate.found[0].path, candidate.format, image)
     if candidate.dicom:
         geometry = stack_geometry(candidate.dicom)
         notes += geometry.warnings
@@ -306,10 +329,10 @@ def _pixel_facts(headers: list[DicomFile]) -> dict[str, str]:
     }
 
 
-def _classified(root: Path, max_voxels: int, path: Path) -> Found | Unreadable:
+def _classified(root: Path, max_item_bytes: int, path: Path) -> Found | Unreadable:
     """What ``path`` holds, or why it cannot be used (returned, so worker processes can report it)."""
     try:
-        return classify(path, root, max_voxels)
+        return classify(path, root, max_item_bytes)
     except Unreadable as err:
         return err
 
@@ -324,23 +347,23 @@ def _loaded(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...]
 
 
 def ingest(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...] | None,
-           progress: bool = True, workers: int = 0, max_voxels: int = MAX_VOXELS) -> Result:
+           progress: bool = True, workers: int = 0, max_item_bytes: int = MAX_ITEM_BYTES) -> Result:
     """Walk ``root`` and return the accepted rows, rejected inputs (one row per file) and multi-file item
     lists; ``workers`` > 0 reads the files in that many processes (the result is the same).
 
     Order of checks: every file is classified by content and DICOM pixel data decoded once (a file that
-    does not decode, or whose header claims more than ``max_voxels`` values, is rejected on its own); DICOM
-    copies of one SOP instance are reduced to one; series are assembled from what is left."""
+    does not decode, or whose header claims a decoded size above ``max_item_bytes``, is rejected on its
+    own); DICOM copies of one SOP instance are reduced to one; series are assembled from what is left."""
     result = Result()
     found: list[Found] = []
     paths = list(walk(root, source.skip))
     headers = map_in_order(
-        functools.partial(_classified, root, max_voxels), paths, workers, chunksize=16,
+        functools.partial(_classified, root, max_item_bytes), paths, workers, chunksize=16,
         initializer=one_torch_thread)
     for path, outcome in zip(paths, tqdm(headers, total=len(paths), desc="reading headers", unit="file",
                                          disable=not progress), strict=True):
         if isinstance(outcome, Unreadable):
-            result.rejected.append((path.relative_to(root).as_posix(), str(outcome)))
+            result.rejected.append((printable(path.relative_to(root).as_posix()), str(outcome)))
         else:
             found.append(outcome)
     dicom, segmentations, refused, dropped = screen_dicom(found)
@@ -419,9 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=0,
                         help="read the files in this many processes (default 0: in this process); the "
                         "outputs are the same")
-    parser.add_argument("--max-voxels", type=int, default=MAX_VOXELS,
-                        help="reject a file whose header claims more values (voxels x channels) than this, "
-                        f"before reading its data (default {MAX_VOXELS:,} = 1 GiB as float32)")
+    parser.add_argument("--max-item-bytes", type=int, default=MAX_ITEM_BYTES,
+                        help="reject an item whose header claims more memory to read (voxels x channels x "
+                        "(stored bytes + 16 for its float32 copies)) before reading its data (default "
+                        f"{MAX_ITEM_BYTES:,} = 1 GiB)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     return parser
 
@@ -466,11 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"ingest: error: {err}", file=sys.stderr)
         return 2
-    if args.max_voxels < 1:
-        print(f"ingest: error: --max-voxels must be >= 1, got {args.max_voxels}", file=sys.stderr)
+    if args.max_item_bytes < 1:
+        print(f"ingest: error: --max-item-bytes must be >= 1, got {args.max_item_bytes}", file=sys.stderr)
         return 2
     result = ingest(root, source, salt, classes, progress=not args.no_progress, workers=args.workers,
-                    max_voxels=args.max_voxels)
+                    max_item_bytes=args.max_item_bytes)
     info = {"input_root": _relative_root(root, output), "layout": source.name, "demo_salt": demo_salt,
             "classes": sorted({row.label for row in result.rows}), "files": result.files}
     write_outputs(output, result.rows, result.rejected, info)

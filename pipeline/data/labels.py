@@ -8,7 +8,9 @@ source answers :meth:`LabelSource.lookup` for one item with a :class:`LabelInfo`
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -63,6 +65,22 @@ class LabelSource:
         return []
 
 
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Column names (stripped) and records of a CSV in UTF-8 (with or without BOM) or UTF-16 (with BOM);
+    ValueError naming the file when it is neither."""
+    raw = path.read_bytes()
+    encoding = "utf-16" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 or UTF-16 text (byte {err.start}): save it as a UTF-8 CSV"
+                         ) from err
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [c.strip() for c in reader.fieldnames or []]
+    reader.fieldnames = columns
+    return columns, list(reader)
+
+
 def _clean_relpath(value: str, where: str) -> str:
     """A relative POSIX path without ``./`` or a trailing slash; ValueError if absolute or escaping."""
     text = value.strip().replace("\\", "/")
@@ -82,17 +100,14 @@ class CsvLabels(LabelSource):
 
     def __init__(self, table: Path, root: Path) -> None:
         super().__init__()
-        with table.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            reader.fieldnames = columns
-            self.key = next((k for k in CSV_KEYS if k in columns), None)
-            if "label" not in columns or self.key is None:
-                raise ValueError(f"{table}: a labels CSV needs a 'label' column and one of {CSV_KEYS}, "
-                                 f"found {columns}")
-            self.entries: dict[str, LabelInfo] = {}
-            for line, record in enumerate(reader, start=2):
-                self._add(record, f"{table}:{line}")
+        columns, records = read_table(table)
+        self.key = next((k for k in CSV_KEYS if k in columns), None)
+        if "label" not in columns or self.key is None:
+            raise ValueError(f"{table}: a labels CSV needs a 'label' column and one of {CSV_KEYS}, "
+                             f"found {columns}")
+        self.entries: dict[str, LabelInfo] = {}
+        for line, record in enumerate(records, start=2):
+            self._add(record, f"{table}:{line}")
         self.used: set[str] = set()
         if table.resolve().is_relative_to(root.resolve()):
             self.skip.add(table.resolve().relative_to(root.resolve()).as_posix())
@@ -167,12 +182,11 @@ class HamLabels(LabelSource):
 
     def __init__(self, metadata: Path, root: Path) -> None:
         super().__init__()
-        with metadata.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            needed = {"image_id", "dx", "lesion_id"}
-            if not needed <= set(reader.fieldnames or []):
-                raise ValueError(f"{metadata}: HAM10000 metadata needs columns {sorted(needed)}")
-            self.images = {r["image_id"].strip(): (r["dx"].strip(), r["lesion_id"].strip()) for r in reader}
+        columns, records = read_table(metadata)
+        needed = {"image_id", "dx", "lesion_id"}
+        if not needed <= set(columns):
+            raise ValueError(f"{metadata}: HAM10000 metadata needs columns {sorted(needed)}")
+        self.images = {r["image_id"].strip(): (r["dx"].strip(), r["lesion_id"].strip()) for r in records}
         self.skip.add(metadata.relative_to(root).as_posix())
         self.masks: dict[str, str] = {}
         for path in walk(root, set()):

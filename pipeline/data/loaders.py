@@ -17,11 +17,13 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import torch
 from monai.data import MetaTensor, NibabelReader, PILReader
 from monai.data.utils import affine_to_spacing
 from monai.transforms import LoadImage
+from nibabel.openers import ImageOpener
 from PIL import Image
 
 from pipeline.data.dicom import DicomError, DicomFile, load_series
@@ -33,6 +35,9 @@ from pipeline.data.manifest import ManifestRow, item_files
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff")
+# Least share of a 2D image's pixels that must differ from its darkest value: below it the image is blank or
+# a placeholder (1x1, all black) and would become an empty training slice.
+MIN_FOREGROUND_FRACTION = 0.01
 FORMATS = ("dicom", "nifti", *IMAGE_FORMATS)
 
 
@@ -90,7 +95,8 @@ def _validate(image: MetaTensor, what: str) -> MetaTensor:
     """LoadError for zero-size or non-finite data."""
     if image.numel() == 0:
         raise LoadError(f"zero-size {what} {tuple(image.shape)}")
-    bad = int((~torch.isfinite(image.as_tensor())).sum())
+    finite = torch.isfinite(image.as_tensor())
+    bad = 0 if bool(finite.all()) else int(finite.numel() - finite.count_nonzero())  # no int64 copy
     if bad:
         raise LoadError(f"{what} holds {bad} NaN/Inf values")
     return image
@@ -112,17 +118,59 @@ def load_files(files: Sequence[str | os.PathLike | DicomFile], fmt: str) -> Meta
     raise LoadError(f"unknown format '{fmt}' (expected one of {FORMATS})")
 
 
+def error_line(err: BaseException) -> str:
+    """An exception as one short line for a rejected row: its type and the first line of its message."""
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+
+
+def check_foreground(image: MetaTensor) -> None:
+    """LoadError for a near-empty 2D image: fewer than ``MIN_FOREGROUND_FRACTION`` of its pixels differ
+    from its darkest value (in any channel)."""
+    pixels = image.as_tensor()
+    foreground = (pixels > pixels.amin(dim=tuple(range(1, pixels.ndim)), keepdim=True)).any(dim=0)
+    share = int(foreground.count_nonzero()) / max(foreground.numel(), 1)
+    if share < MIN_FOREGROUND_FRACTION:
+        raise LoadError(f"near-empty image {tuple(image.shape[1:])}: {100 * share:.2f} % of its pixels "
+                        f"differ from the background value (needs {100 * MIN_FOREGROUND_FRACTION:g} %)")
+
+
 def read_item(files: Sequence[str | os.PathLike | DicomFile], fmt: str) -> MetaTensor:
-    """:func:`load_files` for untrusted inputs: any reader failure on a damaged file becomes a LoadError
-    naming the format and the error (nibabel, PIL, gzip and MONAI raise many types)."""
+    """:func:`load_files` for untrusted inputs, with 2D images held to :func:`check_foreground`: any reader
+    failure on a damaged file becomes a LoadError naming the format and the error (nibabel, PIL, gzip and
+    MONAI raise many types)."""
     try:
-        return load_files(files, fmt)
+        image = load_files(files, fmt)
     except (DicomError, LoadError):
         raise
     except Exception as err:  # a damaged file: say so and go on with the other inputs
-        first_line = (str(err).splitlines() or [""])[0][:200]
-        raise LoadError(f"cannot read {fmt} (damaged or truncated?): {type(err).__name__}: "
-                        f"{first_line}") from err
+        raise LoadError(f"cannot read {fmt} (damaged or truncated?): {error_line(err)}") from err
+    if kind_of(image) == "image":
+        check_foreground(image)
+    return image
+
+
+def header_notes(path: Path, fmt: str, image: MetaTensor) -> list[str]:
+    """Warnings about what a NIfTI or TIFF header says beyond the pixels: NIfTI voxel sizes (pixdim) that
+    are zero or negative, an orientation matrix that is singular (all-zero sform/qform), a TIFF with
+    several pages (only the first is read)."""
+    notes = []
+    if fmt == "nifti":
+        with ImageOpener(path) as stream:  # unchecked: nibabel's load silently sets zero pixdim to 1
+            raw = type(nibabel.load(path).header).from_fileobj(stream, check=False)
+        zooms = tuple(raw["pixdim"][1:min(4, int(raw["dim"][0]) + 1)])
+        if any(z <= 0 for z in zooms):
+            notes.append(f"NIfTI pixdim {tuple(float(z) for z in zooms)} has zero or negative voxel sizes: "
+                         f"the spacing {spacing_of(image)} mm comes from the affine, check it")
+        if abs(float(np.linalg.det(np.asarray(image.affine)[:3, :3]))) < 1e-12:
+            notes.append("NIfTI orientation matrix is singular (all-zero sform/qform?): the slices stage "
+                         "cannot orient it and will skip it; fix the header")
+    if fmt == "tiff":
+        with Image.open(path) as tiff:
+            pages = getattr(tiff, "n_frames", 1)
+        if pages > 1:
+            notes.append(f"multi-page TIFF: only page 1 of {pages} is used (TIFF pages can be thumbnails, "
+                         "pyramid levels or unrelated images); save each page as its own file to use it")
+    return notes
 
 
 def load_item(manifest_path: str | os.PathLike, row: ManifestRow) -> MetaTensor:

@@ -58,7 +58,7 @@ from monai.transforms import (
 )
 from tqdm import tqdm
 
-from pipeline.data.loaders import load_item, load_mask
+from pipeline.data.loaders import error_line, load_item, load_mask
 from pipeline.data.manifest import ManifestRow, input_root, mask_file, read_manifest, write_csv
 from pipeline.data.parallel import map_in_order, one_torch_thread
 from pipeline.data.slice_table import SLICE_COLUMNS
@@ -229,12 +229,15 @@ def _item_slices(manifest: Path, row: ManifestRow, settings: SliceSettings) -> l
         mask_path = mask_file(manifest, row) if row.kind == "volume" else None
         mask = load_mask(mask_path) if mask_path else None
     except Exception as err:  # readers raise many types (nibabel, pydicom, PIL); the item is unusable
-        raise SkipItem(
-            f"failed to load: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
-        ) from err
-    if row.kind == "image":
-        return [(0, image_slice(image, settings))]
-    return list(volume_slices(image, mask, row.label, settings))
+        raise SkipItem(f"failed to load: {error_line(err)}") from err
+    try:
+        if row.kind == "image":
+            return [(0, image_slice(image, settings))]
+        return list(volume_slices(image, mask, row.label, settings))
+    except SkipItem:
+        raise
+    except Exception as err:  # e.g. MONAI cannot orient a singular affine: this item only is unusable
+        raise SkipItem(f"failed to slice: {error_line(err)}") from err
 
 
 def _prepare_output(output: Path) -> Path:
@@ -303,12 +306,16 @@ def extract_slices(
     used: Counter = Counter()
     results = map_in_order(work, rows, workers, initializer=one_torch_thread)
     bar = tqdm(results, total=len(rows), desc="slices", unit="item", disable=not progress, file=sys.stderr)
-    for row, (item_records, skip) in zip(rows, bar, strict=True):
-        if skip is not None:
-            skipped.append(skip)
-            continue
-        used[row.kind] += 1
-        records += item_records
+    try:
+        for row, (item_records, skip) in zip(rows, bar, strict=True):
+            if skip is not None:
+                skipped.append(skip)
+                continue
+            used[row.kind] += 1
+            records += item_records
+    except BaseException:  # the stage itself failed (not one item): leave no arrays without a table
+        shutil.rmtree(output / ARRAY_DIR, ignore_errors=True)
+        raise
     write_csv(output / SLICES_CSV, SLICE_COLUMNS, records)
     write_csv(output / SKIPPED_CSV, SKIPPED_COLUMNS, skipped)
     summary = {
