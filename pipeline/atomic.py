@@ -32,27 +32,26 @@ def _output_error(path: Path, error: OSError, what: str = "cannot write") -> Out
 
 
 def temporary_name(path: Path) -> Path:
-    """A hidden, unique temporary name beside ``path`` (same folder, so the rename is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    """A hidden, unique temporary name beside ``path`` (same folder, so the rename is atomic) that keeps
+    ``path``'s suffix, so that libraries choosing the format by suffix still do."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}{path.suffix}")
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary file beside ``path`` for writing (``mode`` "w" or "wb", ``kwargs`` as for
-    :func:`open`); on a clean exit it is fsynced and renamed to ``path``, on any error removed. OSError
-    becomes :class:`OutputError`; other errors (e.g. a value that cannot be serialised) pass unchanged."""
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write (also for a library that takes a file name: ``np.save``,
+    ``torch.jit.save``, ``figure.savefig``, ONNX); on a clean exit the file is fsynced and renamed to
+    ``path``, on any error removed. OSError becomes :class:`OutputError`; other errors (e.g. a value that
+    cannot be serialised) pass unchanged."""
     path = Path(path)
     temporary = temporary_name(path)
     try:
-        # 0o666 minus the umask, as open() would give the file itself
-        handle = os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), mode, **kwargs)
-    except OSError as error:
-        raise _output_error(path, error) from error
-    try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield temporary
+        descriptor = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(temporary, path)
     except BaseException as error:
         with suppress(OSError):
@@ -60,6 +59,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         if isinstance(error, OSError) and not isinstance(error, OutputError):
             raise _output_error(path, error) from error
         raise
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """:func:`atomic_path` opened for writing (``mode`` "w" or "wb", ``kwargs`` as for :func:`open`)."""
+    with atomic_path(path) as temporary, open(temporary, mode.replace("w", "x"), **kwargs) as handle:
+        yield handle
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -80,24 +86,6 @@ def write_csv(path: str | os.PathLike, header: Iterable[str], rows: Iterable[Ite
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(list(header))
         writer.writerows(rows)
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path`` for a library that writes to a file name itself (``np.save``,
-    ``torch.jit.save``, ``figure.savefig``, ONNX); renamed to ``path`` on a clean exit, removed on error.
-    The name keeps ``path``'s suffix so that libraries choosing the format by suffix still do."""
-    path = Path(path)
-    temporary = temporary_name(path).with_suffix(TEMP_SUFFIX + path.suffix)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException as error:
-        with suppress(OSError):
-            temporary.unlink()
-        if isinstance(error, OSError) and not isinstance(error, OutputError):
-            raise _output_error(path, error) from error
-        raise
 
 
 def check_writable(folder: str | os.PathLike, option: str = "--output") -> Path:
