@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_testing import FAST, TEACHER, bundle_env, make_split, run_bundle
+from bundle_testing import TEACHER, bundle_env, make_split, run_bundle
 from mlflow.tracking import MlflowClient
 
 from pipeline.networks import build_network
@@ -65,9 +65,9 @@ def test_an_evaluation_bundle_that_fails_midway_ends_failed(tmp_path):
     (tmp_path / "data" / "slices" / "test_5.npy").write_bytes(b"not an array")
     assert np.load(tmp_path / "data" / "slices" / "test_4.npy").shape == (1, 32, 32)
     store = tmp_path / "mlflow.db"
-    result = run_bundle(f"{TEACHER}/evaluate.json", *FAST, "--split_file", str(split), "--models_dir",
-                        str(models), "--output_dir", str(tmp_path / "eval"), env=bundle_env(store),
-                        check=False)
+    result = run_bundle(f"{TEACHER}/evaluate.json", "--profile", "demo", "--split_file", str(split),
+                        "--models_dir", str(models), "--output_dir", str(tmp_path / "eval"),
+                        env=bundle_env(store), check=False)
     assert result.returncode != 0
     statuses = _runs(store)
     assert list(statuses.values()) == ["FAILED"], (statuses, result.stderr[-3000:])
