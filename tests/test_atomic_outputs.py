@@ -152,3 +152,14 @@ def test_output_folder_that_cannot_be_created_is_one_line(tmp_path):
     assert result.returncode == 2
     line = _one_line_error(result)
     assert str(blocker / "split") in line and "Not a directory" in line
+
+
+def test_inference_checks_its_output_folder_before_reading_inputs(tmp_path, immutable):
+    from pipeline.bundle.inference import predict
+    from pipeline.networks import build_network
+
+    output = immutable(tmp_path / "locked")
+    network = build_network("teacher", "demo", num_classes=len(CLASSES))
+    with pytest.raises(atomic.OutputError, match=r"--output_dir .*locked cannot be written.*choose another"):
+        predict(network, tmp_path / "no-such-input", output, list(CLASSES), 64, 1)
+    assert not any(output.iterdir())
