@@ -30,6 +30,7 @@ import onnxruntime
 import torch
 from torch import nn
 
+from pipeline.atomic import atomic_path, write_json
 from pipeline.distill.checkpoint import load_weights
 from pipeline.evaluate.complexity import count_parameters, forward_gflops
 from pipeline.networks import build_network
@@ -59,11 +60,11 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _eval_copy(network)
     batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad():
+    with torch.no_grad(), atomic_path(path) as temporary:
         torch.onnx.export(
             model,
             (_example(2, in_channels, image_size),),
-            path,
+            temporary,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_shapes=({0: batch},),
@@ -72,7 +73,7 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
-    onnx.checker.check_model(str(path))
+        onnx.checker.check_model(str(temporary))
     return path
 
 
@@ -89,7 +90,8 @@ def export_torchscript(network: nn.Module, path: str | Path, image_size: int, in
     model = _eval_copy(network)
     with torch.no_grad():
         traced = torch.jit.trace(model, _example(2, in_channels, image_size), check_trace=False)
-    torch.jit.save(traced, str(path))
+    with atomic_path(path) as temporary:
+        torch.jit.save(traced, str(temporary))
     return path
 
 
@@ -402,7 +404,7 @@ def main(argv: list[str]) -> int:
         "num_classes": network.num_classes,
         **facts,
     }
-    (args.output / f"{name}.export.json").write_text(json.dumps(record, indent=2))
+    write_json(args.output / f"{name}.export.json", record, indent=2)
     for kind in ("onnx", "torchscript"):
         written = facts[kind]
         print(f"wrote {args.output / written['file']} (max abs logit diff {written['max_abs_diff']:.2g})")

@@ -79,7 +79,9 @@ def test_a_series_folder_passed_directly_is_named_by_the_folder(network, tmp_pat
     assert [item["input"] for item in result["inputs"]] == ["brain_t1"]
     written = [p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")]
     assert written and not any(part.startswith(".") for name in written for part in name.split("/"))
-    assert any(name.startswith("gradcam/brain_t1_slice") for name in written)
+    (item,) = result["inputs"]
+    assert any(name.startswith(f"gradcam/{item['item']}_slice") for name in written)
+    assert not any("brain_t1" in name for name in written)  # a folder name never names a shared overlay
 
 
 def test_nothing_usable_is_an_error_naming_the_files(network, tmp_path):

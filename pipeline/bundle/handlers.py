@@ -21,6 +21,7 @@ from ignite.metrics import Average
 from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver, EarlyStopHandler
 
+from pipeline.atomic import atomic_open
 from pipeline.distill.trainer import loss_terms_transform
 
 TERMS = ("loss", "ce", "logit_kd", "feature_kd")
@@ -148,7 +149,7 @@ class EpochCSVLogger:
         rows.append(row)
         columns = list(dict.fromkeys(key for item in rows for key in item))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", newline="") as handle:
+        with atomic_open(self.path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)

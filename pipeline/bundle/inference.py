@@ -9,9 +9,7 @@ the mean of their probabilities), ``rejected.csv`` and, optionally, Grad-CAM ove
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
@@ -26,6 +24,7 @@ from monai.data import DataLoader, Dataset
 from monai.visualize import GradCAM
 from torch import nn
 
+from pipeline.atomic import atomic_path, check_writable, write_csv, write_json
 from pipeline.data.demo import MARKER as DEMO_MARKER
 from pipeline.data.dicom import DicomError
 from pipeline.data.discovery import Found, Unreadable, classify, printable, walk
@@ -33,6 +32,7 @@ from pipeline.data.ingest import Candidate, group_dicom, screen_dicom
 from pipeline.data.limits import MAX_ITEM_BYTES
 from pipeline.data.loaders import LoadError, error_line, kind_of, read_item
 from pipeline.data.manifest import MANIFEST_NAME, input_root
+from pipeline.data.privacy import HASH_CHARS
 from pipeline.data.slices import SkipItem, SliceSettings, image_slice, volume_slices
 from pipeline.data.transforms import eval_transforms
 from pipeline.engines import AUTO, select_engine
@@ -137,6 +137,14 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def item_id(files: Sequence[Path]) -> str:
+    """An input's id in the outputs that get shared (Grad-CAM file names and titles): the first 16 hex
+    digits of the SHA-256 of its files' SHA-256s. It holds nothing of the file or folder names, and the
+    same image (same bytes) always gets the same id; predictions.csv / .json map it to the input."""
+    digest = hashlib.sha256("".join(file_sha256(file) for file in files).encode("ascii"))
+    return digest.hexdigest()[:HASH_CHARS]
+
+
 def model_provenance(ckpt_path: str | Path, bundle: str, profile: str, training_ingest: str | Path) -> dict:
     """What the model is, for predictions.json: checkpoint file and SHA-256, bundle, network profile and
     the training data, told from the ingest output the bundle trains on (``ingest.json``): whether its
@@ -168,7 +176,8 @@ def _save_overlay(image: np.ndarray, cam: np.ndarray, path: Path, title: str) ->
     axis.imshow(cam, cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0)
     axis.set_title(title, fontsize=8)
     axis.axis("off")
-    figure.savefig(path, bbox_inches="tight")
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, bbox_inches="tight")
 
 
 def predict(
@@ -203,13 +212,12 @@ def predict(
         raise ValueError(
             "pass --input PATH: a DICOM series folder, a NIfTI volume, a 2D image or a folder of them"
         )
+    output = check_writable(output_dir, "--output_dir")
     items, rejected = find_inputs(input_path, max_item_bytes)
     # slices resized to the network's size as the slices stage does for training (--size), before batching:
     # a large image never reaches the evaluation transforms at full size
     settings = SliceSettings(central_slices=slices_per_volume, max_per_volume=slices_per_volume,
                              size=image_size)
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     names = list(class_names)
     with tempfile.TemporaryDirectory() as scratch:
         records: list[dict[str, Any]] = []
@@ -223,11 +231,12 @@ def predict(
             except Exception as error:  # e.g. MONAI cannot orient a singular affine: only this input fails
                 rejected.append((item.name, f"cannot process: {error_line(error)}"))
                 continue
+            ident = item_id(item.files)
             for (z, _), (array, conversion) in zip(slices, converted, strict=True):
                 file = Path(scratch) / f"{index}_{z}.npy"
                 np.save(file, array)
-                records.append({"image": str(file), "input": item.name, "format": item.format, "slice": z,
-                                "kind": kind, "conversion": conversion})
+                records.append({"image": str(file), "input": item.name, "item": ident, "format": item.format,
+                                "slice": z, "kind": kind, "conversion": conversion})
         if not records:
             reasons = "; ".join(f"{name}: {reason}" for name, reason in rejected[:5]) or "no files"
             raise ValueError(f"no usable image in {input_path}: {reasons}")
@@ -251,11 +260,11 @@ def predict(
         folder.mkdir(exist_ok=True)
         for record, prob, (image, cam) in zip(records, probs, cams, strict=True):
             label = names[int(prob.argmax())]
-            _save_overlay(
+            _save_overlay(  # named and titled by the item id: overlays get shared, file names stay here
                 image,
                 cam,
-                folder / f"{safe_name(record['input']).lstrip('.') or 'input'}_slice{record['slice']}.png",
-                f"{record['input']} [{record['slice']}]: {label} {prob.max():.2f}",
+                folder / f"{record['item']}_slice{record['slice']}.png",
+                f"{record['item']} [{record['slice']}]: {label} {prob.max():.2f}",
             )
     logger.info(
         "%d slices of %d inputs classified, %d rejected; written to %s",
@@ -317,11 +326,9 @@ def _write(
 ) -> dict[str, Any]:
     """predictions.csv, predictions.json and rejected.csv; returns the JSON content."""
     columns = [f"prob_{safe_name(name)}" for name in names]
-    with (output / "predictions.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["input", "slice_index", "predicted", *columns])
-        for record, prob in zip(records, probs, strict=True):
-            writer.writerow([record["input"], record["slice"], names[int(prob.argmax())], *np.round(prob, 6)])
+    write_csv(output / "predictions.csv", ["input", "item", "slice_index", "predicted", *columns],
+              ([record["input"], record["item"], record["slice"], names[int(prob.argmax())],
+                *np.round(prob, 6)] for record, prob in zip(records, probs, strict=True)))
     inputs = []
     for name in dict.fromkeys(record["input"] for record in records):
         rows = [i for i, record in enumerate(records) if record["input"] == name]
@@ -330,6 +337,7 @@ def _write(
         inputs.append(
             {
                 "input": name,
+                "item": first["item"],
                 "format": first["format"],
                 "kind": first["kind"],
                 "slices": [records[i]["slice"] for i in rows],
@@ -344,9 +352,6 @@ def _write(
         "inputs": inputs,
         "rejected": [{"input": name, "reason": reason} for name, reason in rejected],
     }
-    (output / "predictions.json").write_text(json.dumps(result, indent=2))
-    with (output / "rejected.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["input", "reason"])
-        writer.writerows(rejected)
+    write_json(output / "predictions.json", result, indent=2)
+    write_csv(output / "rejected.csv", ["input", "reason"], rejected)
     return result

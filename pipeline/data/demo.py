@@ -182,6 +182,35 @@ class _Marker:
         self.path.write_text(json.dumps(self.content, indent=1, sort_keys=True) + "\n")
 
 
+def _folders(listed: set[str]) -> set[str]:
+    """The folders (relative) that hold the ``listed`` files."""
+    return {parent.as_posix() for name in listed for parent in Path(name).parents if parent != Path(".")}
+
+
+def _unlisted(root: Path, listed: set[str]) -> list[str]:
+    """Entries under ``root`` (relative paths) that are neither the marker, a ``listed`` file nor a folder
+    of one: what the generator did not write."""
+    folders = _folders(listed)
+    return sorted(
+        relative for path in root.rglob("*")
+        if (relative := path.relative_to(root).as_posix()) != MARKER
+        and relative not in (folders if path.is_dir() and not path.is_symlink() else listed)
+    )
+
+
+def is_demo_cohort(root: Path) -> bool:
+    """True when ``root`` holds a complete demo cohort and nothing else: its marker was written by this
+    generator and lists every file under ``root``. A copied marker, a cohort cut short or any added file
+    makes it False (then ingest asks for a secret salt: the demo salt is public)."""
+    try:
+        content = json.loads((root / MARKER).read_text())
+        listed = set(content["files"])
+        ours = content.get("generator") == GENERATOR and content.get("complete") is True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return ours and not _unlisted(root, listed)
+
+
 def clear_previous_output(root: Path) -> None:
     """Make ``root`` an empty folder, deleting a previous demo cohort; refuse anything else.
 
@@ -204,12 +233,8 @@ def clear_previous_output(root: Path) -> None:
         raise ValueError(f"{marker}: unreadable demo marker ({error}); remove the folder by hand") from error
     if listed is None:
         raise FileExistsError(f"{marker} was not written by {GENERATOR}: refusing to write into {root}")
-    folders = {parent.as_posix() for name in listed for parent in Path(name).parents if parent != Path(".")}
-    unknown = sorted(
-        relative for path in root.rglob("*")
-        if (relative := path.relative_to(root).as_posix()) != MARKER
-        and relative not in (folders if path.is_dir() and not path.is_symlink() else listed)
-    )
+    folders = _folders(listed)
+    unknown = _unlisted(root, listed)
     if unknown:
         raise FileExistsError(f"{root} holds a demo cohort plus {len(unknown)} entries it did not write "
                               f"(e.g. {unknown[:3]}): refusing to replace it; move them away first")

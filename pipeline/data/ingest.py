@@ -16,12 +16,14 @@ import functools
 import os
 import sys
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.atomic import OutputError, check_writable
+from pipeline.data.demo import is_demo_cohort
 from pipeline.data.dicom import ACQUISITION_TAGS, DicomError, DicomFile, check_stackable, stack_geometry
 from pipeline.data.discovery import OUTSIDE_INPUT, Found, Unreadable, classify, inside, printable, walk
 from pipeline.data.labels import ItemKey, LabelSource, NoLabel, detect_layout
@@ -32,6 +34,7 @@ from pipeline.data.parallel import map_in_order, one_torch_thread
 from pipeline.data.privacy import DEMO_SALT, SALT_ENV, resolve_salt, salted_hash
 
 NO_PATIENT = "no patient id: the item counts as its own patient"
+SEVERAL_LABELS = "patient has items labelled"  # + the labels: a manifest warning
 SEG_UNUSED = "DICOM SEG {path} not used as the mask"
 SEG_ALONE = ("DICOM SEG without its image: the series it references is not among the accepted inputs "
              "(a SEG is used as the mask of that series, never as an image)")
@@ -224,6 +227,19 @@ def _same_pixels_notes(candidates: list[Candidate]) -> None:
                                    "leak between splits if both are used): check for a re-identified copy")
 
 
+def several_labels_notes(rows: list[ManifestRow]) -> list[ManifestRow]:
+    """``rows`` with a :data:`SEVERAL_LABELS` warning on every item of a patient whose items carry
+    different labels (a labelling error, or a patient whose classes a split cannot keep apart)."""
+    labels: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if NO_PATIENT not in row.warnings:
+            labels[row.patient].add(row.label)
+    return [replace(row, warnings=(*row.warnings, f"{SEVERAL_LABELS} {', '.join(sorted(found))}: check the "
+                                                   "labels"))
+            if len(found := labels.get(row.patient, set())) > 1 and NO_PATIENT not in row.warnings else row
+            for row in rows]
+
+
 def _segmentations(found: list[Found]) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """DICOM SEG files as {referenced SeriesInstanceUID: SEG path} (first SEG by path for each series) and
     the SEGs refused (no referenced series, or a second SEG for one series)."""
@@ -396,6 +412,7 @@ def ingest(root: Path, source: LabelSource, salt: str, classes: tuple[str, ...] 
     result.rejected += [(path, unfit.get(SEG_UNUSED.format(path=path), SEG_ALONE))
                         for path in masks.values() if path not in used]
     result.rejected += source.missing(root)
+    result.rows = several_labels_notes(result.rows)
     result.rows.sort(key=lambda r: (r.path, r.id))
     result.rejected.sort()
     return result
@@ -423,7 +440,8 @@ LABELS_HELP = (
 )
 SALT_HELP = (
     f"secret salt for the patient and item hashes; default: ${SALT_ENV}, else the public demo salt "
-    f"'{DEMO_SALT}', which is fine for the synthetic demo only: real data needs its own secret salt"
+    f"'{DEMO_SALT}', which is fine for the synthetic demo only: real data needs its own secret salt (ingest "
+    "refuses any --input that is not an unchanged demo cohort without one)"
 )
 
 
@@ -480,11 +498,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 0:
         print(f"ingest: error: --workers must be >= 0, got {args.workers}", file=sys.stderr)
         return 2
+    try:
+        check_writable(output)
+    except OutputError as err:
+        print(f"ingest: error: {err}", file=sys.stderr)
+        return 2
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
     salt, demo_salt = resolve_salt(args.salt)
-    if demo_salt:
-        print(f"ingest: warning: using the public demo salt; set --salt or {SALT_ENV} to a secret for "
-              "real data", file=sys.stderr)
+    if demo_salt and not is_demo_cohort(root):
+        print(f"ingest: error: --input {args.input} is not the synthetic demo cohort and no secret salt "
+              f"is set (the demo salt is public, so its hashes can be reversed): set one with --salt or "
+              f"{SALT_ENV}, e.g. export {SALT_ENV}=$(python -c 'import secrets; print(secrets.token_hex(16))'"
+              "), and keep it private and the same for every run of this cohort", file=sys.stderr)
+        return 2
     try:
         source = detect_layout(root, args.labels.resolve() if args.labels else None)
     except ValueError as err:
@@ -495,9 +521,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = ingest(root, source, salt, classes, progress=not args.no_progress, workers=args.workers,
                     max_item_bytes=args.max_item_bytes)
+    several = {row.patient for row in result.rows if any(w.startswith(SEVERAL_LABELS) for w in row.warnings)}
+    if several:
+        print(f"ingest: warning: {len(several)} patients have items with different labels (see the warnings "
+              f"column of {output / MANIFEST_NAME})", file=sys.stderr)
     info = {"input_root": _relative_root(root, output), "layout": source.name, "demo_salt": demo_salt,
+            "patients_with_several_labels": len(several),
             "classes": sorted({row.label for row in result.rows}), "files": result.files}
-    write_outputs(output, result.rows, result.rejected, info)
+    try:
+        write_outputs(output, result.rows, result.rejected, info)
+    except OutputError as err:
+        print(f"ingest: error: {err}", file=sys.stderr)
+        return 2
     print(_summary(source.name, result, output))
     if not result.rows:
         print(f"ingest: error: no usable image under {args.input}; see {output / REJECTED_NAME} for why",

@@ -37,6 +37,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from pipeline.atomic import atomic_open, write_json
+
 MANIFEST_NAME = "manifest.csv"
 REJECTED_NAME = "rejected.csv"
 INFO_NAME = "ingest.json"
@@ -106,8 +108,9 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
 
 
 def write_csv(path: Path, columns: Iterable[str], records: Iterable[dict[str, str]]) -> None:
-    """Write ``records`` (dicts keyed by ``columns``) as a UTF-8 CSV with a header."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    """Write ``records`` (dicts keyed by ``columns``) as a UTF-8 CSV with a header, atomically
+    (:mod:`pipeline.atomic`: the previous file or the new one, never a file cut short)."""
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
@@ -119,11 +122,14 @@ def write_outputs(
     rejected: list[tuple[str, str]],
     info: dict[str, object],
 ) -> None:
-    """Write ``manifest.csv``, ``rejected.csv`` and ``ingest.json`` into ``output_dir``."""
+    """Write ``manifest.csv``, ``rejected.csv`` and ``ingest.json`` into ``output_dir``, each atomically. The
+    previous manifest is removed first and the new one written last, so a failure in between leaves no
+    manifest (a later stage then says to run ingest) rather than a manifest beside another run's files."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(output_dir / MANIFEST_NAME, MANIFEST_COLUMNS, (row.to_csv() for row in rows))
+    (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
     write_csv(output_dir / REJECTED_NAME, REJECTED_COLUMNS, ({"path": p, "reason": r} for p, r in rejected))
-    (output_dir / INFO_NAME).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(output_dir / INFO_NAME, info, indent=1, sort_keys=True)
+    write_csv(output_dir / MANIFEST_NAME, MANIFEST_COLUMNS, (row.to_csv() for row in rows))
 
 
 def read_info(manifest_path: str | os.PathLike) -> dict:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import re
 import shutil
@@ -58,6 +57,7 @@ from monai.transforms import (
 )
 from tqdm import tqdm
 
+from pipeline.atomic import atomic_path, check_writable, write_json
 from pipeline.data.loaders import error_line, load_item, load_mask
 from pipeline.data.manifest import ManifestRow, input_root, mask_file, read_manifest, write_csv
 from pipeline.data.parallel import map_in_order, one_torch_thread
@@ -252,6 +252,8 @@ def _prepare_output(output: Path) -> Path:
             foreign += sorted(f"{ARRAY_DIR}/{p.name}" for p in arrays.iterdir() if p.suffix != ".npy")
         if foreign:
             raise ValueError(f"--output {output} holds files this command did not write: {foreign[:5]}")
+        for table in (SLICES_CSV, SUMMARY_JSON, SKIPPED_CSV):  # no table may outlive the arrays it lists
+            (output / table).unlink(missing_ok=True)
         shutil.rmtree(arrays, ignore_errors=True)
     (output / ARRAY_DIR).mkdir(parents=True, exist_ok=True)
     return output / ARRAY_DIR
@@ -269,7 +271,8 @@ def _process_item(
     records = []
     for index, array in slices:
         slice_id = f"{_safe_name(row.id)}_{index:04d}"
-        np.save(arrays / f"{slice_id}.npy", array)
+        with atomic_path(arrays / f"{slice_id}.npy") as temporary:
+            np.save(temporary, array)
         records.append(
             {
                 "slice_id": slice_id,
@@ -295,7 +298,7 @@ def extract_slices(
     settings.check()
     if workers < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}")
-    manifest, output = Path(manifest), Path(output)
+    manifest, output = Path(manifest), check_writable(output)
     rows = sorted(read_manifest(manifest), key=lambda r: r.id)
     root = input_root(manifest)  # ValueError naming ingest.json when it is missing
     if not root.is_dir():
@@ -316,8 +319,8 @@ def extract_slices(
     except BaseException:  # the stage itself failed (not one item): leave no arrays without a table
         shutil.rmtree(output / ARRAY_DIR, ignore_errors=True)
         raise
-    write_csv(output / SLICES_CSV, SLICE_COLUMNS, records)
     write_csv(output / SKIPPED_CSV, SKIPPED_COLUMNS, skipped)
+    write_csv(output / SLICES_CSV, SLICE_COLUMNS, records)
     summary = {
         "manifest": os.path.relpath(manifest.resolve(), output.resolve()),
         "settings": asdict(settings),
@@ -327,7 +330,7 @@ def extract_slices(
         "skipped": len(skipped),
         "slices": len(records),
     }
-    (output / SUMMARY_JSON).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_json(output / SUMMARY_JSON, summary, indent=1)
     return summary
 
 

@@ -23,7 +23,6 @@ makes equal folds and cannot pin rows to a split):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.atomic import atomic_open, check_writable, write_json
 from pipeline.data.slice_table import read_slice_table
 
 SPLITS = ("train", "val", "test")
@@ -179,6 +179,7 @@ def split_slices(
     slices_csv, output_csv = Path(slices_csv), Path(output_csv)
     if output_csv.resolve() == slices_csv.resolve():
         raise ValueError(f"--output {output_csv} would overwrite the input --slices file")
+    check_writable(output_csv.parent)
     table = read_slice_table(slices_csv)
     if table.empty:
         raise ValueError(f"{slices_csv}: no slices to split")
@@ -196,7 +197,8 @@ def split_slices(
     table = table.assign(
         path=[Path(os.path.relpath(p, output_csv.parent.resolve())).as_posix() for p in absolute]
     )
-    table.to_csv(output_csv, index=False, lineterminator="\n")
+    with atomic_open(output_csv, "w", newline="", encoding="utf-8") as handle:
+        table.to_csv(handle, index=False, lineterminator="\n")
 
     unknown = table[table["patient"] == ""]
     report = {
@@ -218,7 +220,7 @@ def split_slices(
         },
         **_count_table(table),
     }
-    output_csv.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_json(output_csv.with_suffix(".json"), report, indent=1)
     return report
 
 

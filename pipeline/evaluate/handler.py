@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import convert_to_tensor, evenly_divisible_all_gather, string_list_all_gather
 
+from pipeline.atomic import write_csv, write_json
 from pipeline.evaluate.metrics import HEADLINE, PER_CLASS, classification_report
 from pipeline.evaluate.plots import safe_name, save_evaluation_plots
 
@@ -221,15 +220,15 @@ class ClassificationReportHandler:
         """metrics.json, predictions.csv, the PNGs and the DVC plot data; returns the files written."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         metrics = self.output_dir / "metrics.json"
-        metrics.write_text(json.dumps(report, indent=2, allow_nan=False))
+        write_json(metrics, report, indent=2, allow_nan=False)
         predictions = self.output_dir / "predictions.csv"
         names = self.class_names
-        with predictions.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["patient", "label", "predicted", *(f"prob_{safe_name(c)}" for c in names)])
-            for i, row in enumerate(probs):
-                patient = "" if groups is None else groups[i]
-                writer.writerow([patient, names[labels[i]], names[int(row.argmax())], *np.round(row, 6)])
+        write_csv(
+            predictions,
+            ["patient", "label", "predicted", *(f"prob_{safe_name(c)}" for c in names)],
+            (["" if groups is None else groups[i], names[labels[i]], names[int(row.argmax())],
+              *np.round(row, 6)] for i, row in enumerate(probs)),
+        )
         written = [metrics, predictions]
         if self.figures:
             written += save_evaluation_plots(labels, probs, report, self.output_dir)

@@ -13,7 +13,6 @@ display needed) and saved as PNG, which any viewer opens offline. DVC plot data 
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,13 +23,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
+from pipeline.atomic import atomic_path, write_csv
+
 DPI = 120
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=DPI)  # constrained layout already fits every label
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=DPI)  # constrained layout already fits every label
     return path
 
 
@@ -171,10 +173,7 @@ def plot_training_curves(
 
 def _write_csv(path: Path, header: Sequence[str], rows: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
+    write_csv(path, header, rows)
     return path
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from pipeline.atomic import atomic_open, write_json
 from pipeline.evaluate.complexity import count_parameters, cpu_latency_ms, forward_gflops
 from pipeline.evaluate.metrics import HEADLINE, PAIRED, PER_CLASS
 from pipeline.evaluate.paired import paired_difference_of_files
@@ -234,7 +235,7 @@ def write_report(
         details = {key: values[key] for key in DETAILS}
         details_path = metrics_dir / "details" / f"{model}_details.json"
         for path, content in ((metrics_dir / f"{model}.json", headline), (details_path, details)):
-            path.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
+            write_json(path, content, indent=2, allow_nan=False)
             files.append(path)
     if paired is not None:
         comparison = paired_metrics(eval_dir, *paired, class_names, n_bootstrap, seed)
@@ -243,14 +244,16 @@ def write_report(
             (metrics_dir / "paired.json", headline),
             (metrics_dir / "details" / "paired_details.json", comparison),
         ):
-            path.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
+            write_json(path, content, indent=2, allow_nan=False)
             files.append(path)
     plots_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(metrics)
-    table.to_csv(plots_dir / "comparison.csv", index=False)
+    with atomic_open(plots_dir / "comparison.csv", "w", newline="") as handle:
+        table.to_csv(handle, index=False)
     files.append(plot_comparison(table, plots_dir / "comparison.png"))
     history = training_history(models_dir, models)
-    history.to_csv(plots_dir / "training_curves.csv", index=False)
+    with atomic_open(plots_dir / "training_curves.csv", "w", newline="") as handle:
+        history.to_csv(handle, index=False)
     files.append(plot_training_curves(plots_dir / "training_curves.csv", plots_dir / "training_curves.png"))
     if paired is not None:
         metrics = {**metrics, "paired": comparison}

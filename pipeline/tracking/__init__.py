@@ -9,6 +9,7 @@ the kept checkpoint's validation scores and the model itself (pipeline.tracking.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -204,7 +205,8 @@ def start_run(
     """
     from pipeline.tracking.provenance import provenance_tags
 
-    client = MlflowClient(configure_mlflow(tracking_uri))
+    uri = configure_mlflow(tracking_uri)
+    client = MlflowClient(uri)
     run_id = _resumable_run(client, run_id_file) if resume and run_id_file else None
     if run_id is None:
         all_tags = {**cpu_report().tags(), **provenance_tags(repo_root(), source, STAGE_ENV, tags)}
@@ -217,12 +219,41 @@ def start_run(
             client.log_batch(run_id, params=[Param(k, v) for k, v in flatten_params(params).items()])
     else:
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    _opened.add((uri, run_id))
     for name, content in (artifacts or {}).items():
         client.log_text(run_id, json.dumps(content, indent=2, default=str), name)
     if run_id_file:
         Path(run_id_file).parent.mkdir(parents=True, exist_ok=True)
         Path(run_id_file).write_text(run_id + "\n")
     return run_id
+
+
+# (tracking URI, run id) of every run start_run created or resumed in this process
+_opened: set[tuple[str, str]] = set()
+
+
+def fail_unfinished_runs() -> None:
+    """Mark FAILED every run :func:`start_run` opened in this process that is still RUNNING: a run ends
+    FINISHED only where its work completes (the training handler at COMPLETED, ``end_run`` in the
+    evaluation's finalize), so one still running when the process exits (an exception, SIGTERM turned
+    into SystemExit by :func:`pipeline.lifetime.exit_on_sigterm`, ``sys.exit``) did not complete.
+    Registered at exit; it runs before MLflow's own exit hook, which would end the active run FINISHED."""
+    for uri, run_id in sorted(_opened):
+        try:
+            if MlflowClient(uri).get_run(run_id).info.status != RunStatus.to_string(RunStatus.RUNNING):
+                continue
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run_id:
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            else:
+                MlflowClient(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            logger.warning("MLflow run %s did not complete: marked FAILED", run_id)
+        except mlflow.exceptions.MlflowException as error:  # store gone: nothing left to mark
+            logger.warning("could not mark MLflow run %s FAILED: %s", run_id, error)
+    _opened.clear()
+
+
+atexit.register(fail_unfinished_runs)  # after `import mlflow`, so it runs before MLflow's exit hook
 
 
 def _resumable_run(client: MlflowClient, run_id_file: str | Path) -> str | None:
