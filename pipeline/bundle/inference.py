@@ -26,7 +26,6 @@ from monai.data import DataLoader, Dataset
 from monai.visualize import GradCAM
 from torch import nn
 
-from pipeline.data.demo import MARKER as DEMO_MARKER
 from pipeline.data.dicom import DicomError
 from pipeline.data.discovery import Found, Unreadable, classify, walk
 from pipeline.data.ingest import Candidate, group_dicom, screen_dicom
@@ -34,6 +33,7 @@ from pipeline.data.loaders import LoadError, kind_of, read_item
 from pipeline.data.manifest import MANIFEST_NAME, input_root
 from pipeline.data.slices import SkipItem, SliceSettings, image_slice, volume_slices
 from pipeline.data.transforms import eval_transforms
+from pipeline.demo.cohort import MARKER as DEMO_MARKER
 from pipeline.engines import AUTO, select_engine
 from pipeline.evaluate.plots import safe_name
 
