@@ -74,49 +74,43 @@ def test_missing_teacher_weights_say_how_to_train_them(split: Path, tmp_path: Pa
     )
 
 
-@pytest.mark.slow
-def test_inference_on_a_file_the_loaders_reject_names_it(tmp_path: Path) -> None:
-    bad = tmp_path / "scan.dcm"
-    bad.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+def _infer_with_demo_checkpoint(tmp_path: Path, source: Path, *overrides: str):
+    """The student's inference.json on ``source`` with a demo HDKD checkpoint written as training writes
+    it (its settings inside) and ``overrides``."""
     settings = NetworkSettings("hdkd", "demo", image_size=64, in_channels=1, class_names=CLASSES)
     weights = save_checkpoint(settings.build(), settings, tmp_path)
-    result = run_bundle(
+    return run_bundle(
         f"{STUDENT}/inference.json",
+        *overrides,
         "--ckpt_path",
         str(weights),
         "--input",
-        str(bad),
+        str(source),
         "--output_dir",
         str(tmp_path / "out"),
         env=bundle_env(tmp_path / "db.db"),
         check=False,
     )
+
+
+@pytest.mark.slow
+def test_inference_on_a_file_the_loaders_reject_names_it(tmp_path: Path) -> None:
+    bad = tmp_path / "scan.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    result = _infer_with_demo_checkpoint(tmp_path, bad)  # no --profile: the checkpoint says demo
     assert result.returncode != 0
     assert "no usable image in" in result.stderr and "scan.dcm" in result.stderr
 
 
 @pytest.mark.slow
 def test_inference_refuses_a_profile_or_variant_the_checkpoint_contradicts(tmp_path: Path) -> None:
-    settings = NetworkSettings("hdkd", "demo", image_size=64, in_channels=1, class_names=CLASSES)
-    weights = save_checkpoint(settings.build(), settings, tmp_path)
     for override, message in (
         (("--profile", "published"), "profile 'demo', but profile 'published' was given"),
         (("--variant", "baseline"), "role 'hdkd', but role 'baseline' was given"),
     ):
-        result = run_bundle(
-            f"{STUDENT}/inference.json",
-            *override,
-            "--ckpt_path",
-            str(weights),
-            "--input",
-            str(tmp_path),
-            "--output_dir",
-            str(tmp_path / "out"),
-            env=bundle_env(tmp_path / "db.db"),
-            check=False,
-        )
+        result = _infer_with_demo_checkpoint(tmp_path, tmp_path, *override)
         assert result.returncode != 0
-        assert f"checkpoint {weights} holds a network with {message}" in result.stderr
+        assert f"checkpoint {tmp_path / 'model.pt'} holds a network with {message}" in result.stderr
 
 
 def test_missing_split_file_says_how_to_make_it(tmp_path: Path) -> None:
