@@ -27,9 +27,11 @@ def save_checkpoint(network: Any, settings: Any, folder: Path, name: str = "mode
     from ignite.engine import Engine
     from monai.handlers import CheckpointSaver
 
+    from pipeline.networks import SETTINGS_KEY
+
     saver = CheckpointSaver(
         save_dir=str(folder),
-        save_dict={"network": network, "network_settings": settings},
+        save_dict={"network": network, SETTINGS_KEY: settings},
         save_final=True,
         final_filename=name,
     )

@@ -14,7 +14,8 @@ from torch import nn
 from pipeline.networks.factory import NetworkSettings
 
 NETWORK_KEYS = ("network", "model")
-# the entry of a training checkpoint that holds NetworkSettings.state_dict()
+# the entry of a training checkpoint that holds NetworkSettings.state_dict(): the save_dict key of the
+# bundles' CheckpointSavers (bundles/common/hdkd_common.json)
 SETTINGS_KEY = "network_settings"
 LISTED = 8
 
