@@ -29,7 +29,7 @@ import torch
 from monai.data import DataLoader, set_track_meta
 from monai.utils import set_determinism
 
-from pipeline.data import demo, ingest, slices, split
+from pipeline.data import ingest, slices, split
 from pipeline.data.datasets import loader_worker_init, make_dataset
 from pipeline.data.dicom import read_header
 from pipeline.data.discovery import claimed_bytes, inside, printable, sniff_format, walk
@@ -38,6 +38,7 @@ from pipeline.data.loaders import check_foreground, header_notes, load_item
 from pipeline.data.manifest import item_files, read_manifest
 from pipeline.data.slices import SliceSettings, extract_slices
 from pipeline.data.transforms import train_transforms
+from pipeline.demo import cohort as demo
 from pipeline.device import cpu_report
 from pipeline.networks import build_network
 
@@ -155,7 +156,7 @@ def loader_wait(
         worker_init_fn=loader_worker_init,
         persistent_workers=workers > 0,
     )
-    network = build_network("student", profile="demo", num_classes=len(CLASSES), image_size=size)
+    network = build_network("baseline", profile="demo", num_classes=len(CLASSES), image_size=size)
     optimiser = torch.optim.AdamW(network.parameters(), lr=1e-3)
     loss_function = torch.nn.CrossEntropyLoss()
     per_epoch = []

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "naive": naive_step(copy.deepcopy(hdkd), teacher),
         "ce_only": trainer_step(
-            build_network("student", "published", **overrides), None, channels_last=not args.no_channels_last
+            build_network("baseline", "published", **overrides), None, channels_last=not args.no_channels_last
         ),
     }
     if args.teacher_bf16:

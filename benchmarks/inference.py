@@ -31,6 +31,7 @@ from pipeline.engines import ENGINES as ENGINE_NAMES
 from pipeline.engines import auto_candidates, build_runner, seconds_per_call
 from pipeline.networks import build_network
 from pipeline.networks.flops import forward_flops
+from pipeline.roles import MODELS
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="default: 1 16")
     parser.add_argument(
-        "--roles", nargs="+", default=["teacher", "student", "hdkd"], choices=["teacher", "student", "hdkd"]
+        "--roles", nargs="+", default=list(MODELS), choices=MODELS
     )
     parser.add_argument(
         "--engines",

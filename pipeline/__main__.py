@@ -7,7 +7,7 @@ import sys
 
 # command -> (module with a ``main(argv) -> int``, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo-data": ("pipeline.data.demo", "write the built-in synthetic head-MRI demo cohort"),
+    "demo-data": ("pipeline.demo.cohort", "write the built-in synthetic head-MRI demo cohort"),
     "ingest": ("pipeline.data.ingest", "find DICOM/NIfTI/2D images, write manifest.csv and rejected.csv"),
     "slices": ("pipeline.data.slices", "extract normalised 2D slices from the ingested volumes"),
     "split": ("pipeline.data.split", "patient-level stratified train/val/test split"),

@@ -1,10 +1,12 @@
 """Export a trained network to ONNX (dynamic batch) and TorchScript, verified against PyTorch.
 
-`python -m pipeline export --checkpoint F --output DIR --role hdkd --profile demo` builds the network
-with ``pipeline.networks.build_network``, loads the weights strictly, writes ``DIR/<name>.onnx``,
+`python -m pipeline export --checkpoint F --output DIR` rebuilds the network from the settings the
+training checkpoint records (pipeline.networks.NetworkSettings; ``--role`` / ``--profile`` /
+``--class-names`` given explicitly must agree with them), loads the weights strictly, writes
+``DIR/<name>.onnx``,
 ``DIR/<name>.ts`` and ``DIR/<name>.export.json`` (configuration, checks, size), and fails unless ONNX
 Runtime and the TorchScript module reproduce the eval-mode PyTorch logits within the tolerance. With
-``--int8-split SPLIT_CSV --class-names a,b,c`` it also writes ``DIR/<name>.int8.onnx``, statically
+``--int8-split SPLIT_CSV`` it also writes ``DIR/<name>.int8.onnx``, statically
 quantized on training slices and checked on validation slices (``pipeline.quantize``).
 
 ONNX: the ``torch.export``-based exporter (``dynamo=True``, the default of recent PyTorch; the older
@@ -31,10 +33,10 @@ import torch
 from torch import nn
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.distill.checkpoint import load_weights
 from pipeline.evaluate.complexity import count_parameters, forward_gflops
-from pipeline.networks import build_network
+from pipeline.networks import PROFILES, NetworkSettings, load_trained
 from pipeline.quantize import compare_predictions, quantize_int8, split_images
+from pipeline.roles import MODELS
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 DEFAULT_OPSET = 18
@@ -221,18 +223,6 @@ def export_network(
     }
 
 
-def _override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a JSON value, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(
-            f'{text!r}: the value must be JSON (e.g. 4, 0.1, [16, 24, 32], "text"): {error}'
-        ) from error
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m pipeline export` command line."""
     parser = argparse.ArgumentParser(
@@ -244,32 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=Path,
         required=True,
-        help="weights: a state_dict or a MONAI CheckpointSaver file (loaded strictly)",
+        help="a training checkpoint (model.pt of a bundle): the network is rebuilt from the settings it "
+        "records and its weights are loaded strictly",
     )
     parser.add_argument(
         "--output", type=Path, required=True, help="folder for <name>.onnx, .ts, .export.json"
     )
     parser.add_argument(
         "--role",
-        required=True,
-        choices=("teacher", "student", "hdkd"),
-        help="network role as in pipeline.networks.build_network",
+        choices=MODELS,
+        help="expected network role (default: the checkpoint's; an error if it differs)",
     )
     parser.add_argument(
         "--profile",
-        default="published",
-        choices=("published", "demo"),
-        help="network profile (default: published)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=JSON",
-        type=_override,
-        action="append",
-        default=[],
-        help="constructor override, repeatable (e.g. --set num_classes=7 "
-        "--set channels=[16,24,32]); must match the training configuration",
+        choices=sorted(PROFILES),
+        help="expected network profile (default: the checkpoint's; an error if it differs)",
     )
     parser.add_argument("--name", help="file name stem (default: the role)")
     parser.add_argument(
@@ -287,9 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="SPLIT_CSV",
         help="also write <name>.int8.onnx, calibrated on training slices of this split file and checked "
-        "against the float model on validation slices (needs --class-names)",
+        "against the float model on validation slices",
     )
-    parser.add_argument("--class-names", help="comma-separated class names of the split file")
+    parser.add_argument(
+        "--class-names",
+        help="expected comma-separated class names (default: the checkpoint's; an error if they differ)",
+    )
     parser.add_argument(
         "--calibration-images",
         type=int,
@@ -327,17 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _export_int8(args: argparse.Namespace, output_stem: Path, network: nn.Module) -> dict[str, Any]:
+def _export_int8(args: argparse.Namespace, output_stem: Path, settings: NetworkSettings) -> dict[str, Any]:
     """Quantize ``<stem>.onnx`` to ``<stem>.int8.onnx`` (calibrated on the training split, checked on the
     validation split); returns its facts for the export record."""
-    class_names = args.class_names.split(",")
     calibration, holdout = (
         split_images(
             args.int8_split,
             split,
-            class_names,
-            image_size=network.image_size,
-            in_channels=network.in_channels,
+            list(settings.class_names),
+            image_size=settings.image_size,
+            in_channels=settings.in_channels,
             count=args.calibration_images,
         )
         for split in ("train", "val")
@@ -367,19 +348,18 @@ def main(argv: list[str]) -> int:
     """CLI entry point; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.int8_split and not args.class_names:
-        parser.error("--int8-split needs --class-names (the class names of the split file)")
-    if args.register and not (args.class_names and args.test_report):
-        parser.error("--register needs --class-names and --test-report")
-    overrides = dict(args.overrides)
-    name = args.name or args.role
+    if args.register and not args.test_report:
+        parser.error("--register needs --test-report")
+    class_names = args.class_names.split(",") if args.class_names else None
     try:
-        network = build_network(args.role, args.profile, **overrides)
-        load_weights(network, args.checkpoint)
+        settings, network = load_trained(
+            args.checkpoint, role=args.role, profile=args.profile, class_names=class_names
+        )
+        name = args.name or settings.role
         if args.register:
             from pipeline.tracking.registry import check_registry
 
-            check_registry(args.register, _model_config(args, network), args.experiment)
+            check_registry(args.register, settings.state_dict(), args.experiment)
             test_metrics = _test_metrics(args.test_report)
         facts = export_network(
             network,
@@ -392,16 +372,14 @@ def main(argv: list[str]) -> int:
             args.atol,
         )
         if args.int8_split:
-            facts["onnx_int8"] = _export_int8(args, output_stem=args.output / name, network=network)
+            facts["onnx_int8"] = _export_int8(args, output_stem=args.output / name, settings=settings)
     except (ValueError, FileNotFoundError, TypeError) as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 2
     record = {
-        "role": args.role,
-        "profile": args.profile,
-        "overrides": overrides,
+        **settings.state_dict(),
         "checkpoint_sha256": _sha256(args.checkpoint),
-        "num_classes": network.num_classes,
+        "num_classes": settings.num_classes,
         **facts,
     }
     write_json(args.output / f"{name}.export.json", record, indent=2)
@@ -418,17 +396,8 @@ def main(argv: list[str]) -> int:
         else:
             print(f"export: warning: int8 model {written['reason']}", file=sys.stderr)
     if args.register:
-        _register(args, network, facts, test_metrics)
+        _register(args, settings, facts, test_metrics)
     return 0
-
-
-def _model_config(args: argparse.Namespace, network: nn.Module) -> dict[str, Any]:
-    """The registered model's settings (pipeline.tracking.model.model_config)."""
-    from pipeline.tracking.model import model_config
-
-    return model_config(
-        args.role, args.profile, network.image_size, network.in_channels, args.class_names.split(",")
-    )
 
 
 def _test_metrics(report: Path) -> dict[str, float]:
@@ -442,7 +411,7 @@ def _test_metrics(report: Path) -> dict[str, float]:
 
 
 def _register(
-    args: argparse.Namespace, network: nn.Module, facts: dict[str, Any], test_metrics: dict[str, float]
+    args: argparse.Namespace, settings: NetworkSettings, facts: dict[str, Any], test_metrics: dict[str, float]
 ) -> None:
     """Register the checkpoint with the ONNX files as a version of ``args.register``."""
     from pipeline.tracking import training_run_of
@@ -456,7 +425,7 @@ def _register(
     version, new = register_model(
         args.register,
         args.checkpoint,
-        _model_config(args, network),
+        settings.state_dict(),
         files,
         training_run_of(args.checkpoint),
         test_metrics,

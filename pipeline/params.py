@@ -16,11 +16,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from pipeline.choices import CHANNELS, KD_REDUCTIONS, KD_TYPES, LR_SCHEDULES, PROFILE_NAMES
+
 PARAMS_FILE = "params.yaml"
-DISTILLATION_TYPES = ("soft", "hard", "none")
-KD_REDUCTIONS = ("published", "batchmean")  # pipeline.distill.losses.KD_REDUCTIONS
-PROFILES = ("demo", "published")
-CHANNELS = (1, 3)
 
 
 class ParamsError(ValueError):
@@ -164,19 +162,19 @@ SCHEMA: dict[str, Check] = {
     "split.test": probability,
     "split.seed": count(0),
     "split.train_fraction": fraction,
-    "model.profile": one_of(*PROFILES),
+    "model.profile": one_of(*PROFILE_NAMES),
     "model.image_size": count(8),
     "model.in_channels": one_of(*CHANNELS),
     "model.augment": one_of("published", "light", "none"),
     **{f"teacher.{key}": check for key, check in TRAINING.items()},
     **{f"student.{key}": check for key, check in TRAINING.items()},
-    "teacher.lr_schedule": one_of("constant", "cosine"),  # pipeline.bundle.schedules.LR_SCHEDULES
+    "teacher.lr_schedule": one_of(*LR_SCHEDULES),
     "student.weight_decay": non_negative,
     "student.warmup_epochs": count(0),
     "student.warmup_lr": non_negative,
     "student.min_lr": non_negative,
     "student.cooldown_epochs": count(0),
-    "distill.type": one_of(*DISTILLATION_TYPES),
+    "distill.type": one_of(*KD_TYPES),
     "distill.kd_reduction": one_of(*KD_REDUCTIONS),
     "distill.alpha": unit_interval,
     "distill.tau": positive,

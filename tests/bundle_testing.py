@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,27 @@ TEACHER = "bundles/hdkd_teacher/configs"
 STUDENT = "bundles/hdkd_student/configs"
 # small, fast and quiet: demo networks (64 px, 1 channel), 8 images a batch, no progress bar
 FAST = ("--profile", "demo", "--batch_size", "8", "--progress", "false")
+
+
+def save_checkpoint(network: Any, settings: Any, folder: Path, name: str = "model.pt") -> Path:
+    """``folder/name`` written as the training bundles write ``model.pt``, without training: MONAI's
+    ``CheckpointSaver`` with the bundles' ``save_dict`` (the network and its ``NetworkSettings``), fired by
+    a one-iteration ignite engine."""
+    from ignite.engine import Engine
+    from monai.handlers import CheckpointSaver
+
+    from pipeline.networks import SETTINGS_KEY
+
+    saver = CheckpointSaver(
+        save_dir=str(folder),
+        save_dict={"network": network, SETTINGS_KEY: settings},
+        save_final=True,
+        final_filename=name,
+    )
+    engine = Engine(lambda engine, batch: None)
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    return folder / name
 
 
 def make_split(folder: Path, per_class: dict[str, int] | None = None, size: int = 32, seed: int = 0) -> Path:

@@ -17,8 +17,7 @@ from bundle_testing import CLASSES, FAST, STUDENT, TEACHER, bundle_env, make_spl
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline.distill import load_weights
-from pipeline.networks import build_network
+from pipeline.networks import NetworkSettings, load_trained, read_settings, read_state_dict
 from pipeline.tracking import PARENT_TAG, start_run
 
 EPOCHS = 2
@@ -63,10 +62,8 @@ def _train_all(root: Path) -> dict:
         str(models["baseline"]),
         env=env,
     )
-    run_bundle(
+    run_bundle(  # no --profile: the network comes from the checkpoint
         f"{STUDENT}/evaluate.json",
-        "--profile",
-        "demo",
         "--split_file",
         str(split),
         "--models_dir",
@@ -89,11 +86,13 @@ def _train_all(root: Path) -> dict:
     }
 
 
-def _check_training_outputs(trained: dict, name: str, role: str) -> None:
-    """Best weights of the right architecture, the resume checkpoint, the per-epoch log, the report."""
+def _check_training_outputs(trained: dict, name: str) -> None:
+    """Best weights with the settings of their network (rebuilt from the file alone, loaded strictly), the
+    resume checkpoint (which records them too), the per-epoch log, the report."""
     models = trained["models"][name]
-    load_weights(build_network(role, "demo"), models / "model.pt")  # strict: right architecture
-    assert (models / f"checkpoint_epoch={EPOCHS}.pt").is_file()
+    settings = NetworkSettings(name, "demo", image_size=64, in_channels=1, class_names=CLASSES)
+    assert load_trained(models / "model.pt")[0] == settings
+    assert read_settings(models / f"checkpoint_epoch={EPOCHS}.pt") == settings
     log = pd.read_csv(models / "training_log.csv")
     assert list(log["epoch"]) == list(range(1, EPOCHS + 1))
     for column in PER_EPOCH_KEYS + (KD_KEYS if name == "hdkd" else ()):
@@ -119,7 +118,7 @@ def _check_mlflow(trained: dict) -> None:
     client = MlflowClient(trained["store"])
     mlflow.set_tracking_uri(trained["store"])  # where runs:/ model URIs resolve
     runs = _runs(trained)
-    assert {"teacher", "hdkd", "student_baseline", "evaluation_hdkd"} <= runs.keys()
+    assert {"teacher", "hdkd", "baseline", "evaluation_hdkd"} <= runs.keys()
 
     def history(run: str, key: str) -> list[float]:
         return [
@@ -127,14 +126,14 @@ def _check_mlflow(trained: dict) -> None:
             for m in sorted(client.get_metric_history(runs[run].info.run_id, key), key=lambda m: m.step)
         ]
 
-    for name, model in (("teacher", "teacher"), ("hdkd", "hdkd"), ("student_baseline", "baseline")):
+    for name in ("teacher", "hdkd", "baseline"):
         run = runs[name]
         assert run.info.status == "FINISHED"
         assert run.data.tags[PARENT_TAG] == trained["parent"]
         for key in PER_EPOCH_KEYS:
             assert len(history(name, key)) == EPOCHS, (name, key)
         # the kept checkpoint's score and epoch
-        kept_epoch, best = trained["kept"][model]
+        kept_epoch, best = trained["kept"][name]
         assert run.data.metrics["best_epoch"] == kept_epoch
         assert run.data.metrics["best_val_balanced_accuracy"] == pytest.approx(best, abs=1e-6)
         assert 0.0 <= run.data.metrics["best_val_macro_f1"] <= 1.0
@@ -157,8 +156,7 @@ def _check_mlflow(trained: dict) -> None:
         probabilities = model.predict(batch)
         assert probabilities.shape == (3, len(CLASSES))
         np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
-        weights = trained["models"][model_dir(name)] / "model.pt"
-        network = load_weights(build_network(ROLES[name], "demo"), weights).eval()
+        network = load_trained(trained["models"][name] / "model.pt")[1].eval()
         with torch.no_grad():
             expected = torch.softmax(network(torch.from_numpy(batch)), 1).numpy()
         np.testing.assert_allclose(probabilities, expected, atol=1e-5)
@@ -195,14 +193,6 @@ def _check_mlflow(trained: dict) -> None:
     }
 
 
-ROLES = {"teacher": "teacher", "hdkd": "hdkd", "student_baseline": "student"}
-
-
-def model_dir(run_name: str) -> str:
-    """The models folder of a training run."""
-    return "baseline" if run_name == "student_baseline" else run_name
-
-
 def _check_metrics_json(trained: dict) -> None:
     report = json.loads((trained["root"] / "eval" / "metrics.json").read_text())
     assert report["model"] == "hdkd"
@@ -226,10 +216,8 @@ def _check_inference(trained: dict) -> None:
     Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(folder / "photo.png")
     (folder / "notes.txt").write_text("not an image")
     out = trained["root"] / "inference"
-    run_bundle(
+    run_bundle(  # no --profile: the network comes from the checkpoint
         f"{STUDENT}/inference.json",
-        "--profile",
-        "demo",
         "--models_dir",
         str(trained["models"]["hdkd"]),
         "--input",
@@ -261,8 +249,8 @@ def _check_inference(trained: dict) -> None:
 
 
 def _check_baseline_has_no_distillation_token(trained: dict) -> None:
-    weights = torch.load(trained["models"]["baseline"] / "model.pt", weights_only=True)
-    hdkd = torch.load(trained["models"]["hdkd"] / "model.pt", weights_only=True)
+    weights = read_state_dict(trained["models"]["baseline"] / "model.pt")
+    hdkd = read_state_dict(trained["models"]["hdkd"] / "model.pt")
     assert not any("distill" in key for key in weights)
     assert any("distill" in key for key in hdkd)
 
@@ -271,8 +259,8 @@ def _check_baseline_has_no_distillation_token(trained: dict) -> None:
 def test_teacher_hdkd_and_baseline_train_evaluate_and_infer(tmp_path: Path) -> None:
     """One test (the training is shared by every check and must not be repeated on each xdist worker)."""
     trained = _train_all(tmp_path)
-    for name, role in (("teacher", "teacher"), ("hdkd", "hdkd"), ("baseline", "student")):
-        _check_training_outputs(trained, name, role)
+    for name in ("teacher", "hdkd", "baseline"):
+        _check_training_outputs(trained, name)
     _check_mlflow(trained)
     _check_metrics_json(trained)
     _check_baseline_has_no_distillation_token(trained)

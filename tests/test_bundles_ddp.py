@@ -12,8 +12,7 @@ import pytest
 from bundle_testing import FAST, ROOT, TEACHER, bundle_env, make_split
 from mlflow.tracking import MlflowClient
 
-from pipeline.distill import load_weights
-from pipeline.networks import build_network
+from pipeline.networks import build_network, load_weights
 
 
 @pytest.mark.slow

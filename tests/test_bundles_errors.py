@@ -7,10 +7,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from bundle_testing import CLASSES, FAST, STUDENT, TEACHER, bundle_env, make_split, run_bundle
+from bundle_testing import (
+    CLASSES,
+    FAST,
+    STUDENT,
+    TEACHER,
+    bundle_env,
+    make_split,
+    run_bundle,
+    save_checkpoint,
+)
 
 from pipeline.bundle import check_choice, check_split, class_list, flag, load_teacher, prepare_models_dir
-from pipeline.networks import build_network
+from pipeline.networks import NetworkSettings, build_network
 
 
 @pytest.fixture(scope="module")
@@ -65,27 +74,43 @@ def test_missing_teacher_weights_say_how_to_train_them(split: Path, tmp_path: Pa
     )
 
 
-@pytest.mark.slow
-def test_inference_on_a_file_the_loaders_reject_names_it(tmp_path: Path) -> None:
-    bad = tmp_path / "scan.dcm"
-    bad.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
-    weights = tmp_path / "model.pt"
-    torch.save(build_network("hdkd", "demo").state_dict(), weights)
-    result = run_bundle(
+def _infer_with_demo_checkpoint(tmp_path: Path, source: Path, *overrides: str):
+    """The student's inference.json on ``source`` with a demo HDKD checkpoint written as training writes
+    it (its settings inside) and ``overrides``."""
+    settings = NetworkSettings("hdkd", "demo", image_size=64, in_channels=1, class_names=CLASSES)
+    weights = save_checkpoint(settings.build(), settings, tmp_path)
+    return run_bundle(
         f"{STUDENT}/inference.json",
-        "--profile",
-        "demo",
+        *overrides,
         "--ckpt_path",
         str(weights),
         "--input",
-        str(bad),
+        str(source),
         "--output_dir",
         str(tmp_path / "out"),
         env=bundle_env(tmp_path / "db.db"),
         check=False,
     )
+
+
+@pytest.mark.slow
+def test_inference_on_a_file_the_loaders_reject_names_it(tmp_path: Path) -> None:
+    bad = tmp_path / "scan.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    result = _infer_with_demo_checkpoint(tmp_path, bad)  # no --profile: the checkpoint says demo
     assert result.returncode != 0
     assert "no usable image in" in result.stderr and "scan.dcm" in result.stderr
+
+
+@pytest.mark.slow
+def test_inference_refuses_a_profile_or_variant_the_checkpoint_contradicts(tmp_path: Path) -> None:
+    for override, message in (
+        (("--profile", "published"), "profile 'demo', but profile 'published' was given"),
+        (("--variant", "baseline"), "role 'hdkd', but role 'baseline' was given"),
+    ):
+        result = _infer_with_demo_checkpoint(tmp_path, tmp_path, *override)
+        assert result.returncode != 0
+        assert f"checkpoint {tmp_path / 'model.pt'} holds a network with {message}" in result.stderr
 
 
 def test_missing_split_file_says_how_to_make_it(tmp_path: Path) -> None:
@@ -116,7 +141,7 @@ def test_missing_image_listed_in_the_split_is_an_error(split: Path, tmp_path: Pa
 def test_teacher_of_another_architecture_or_class_count_is_refused(tmp_path: Path) -> None:
     teacher = build_network("teacher", "demo")
     for name, other in (
-        ("student", build_network("hdkd", "demo")),
+        ("student", build_network("hdkd", "demo")),  # the file name: a student's weights
         ("classes", build_network("teacher", "demo", num_classes=7)),
     ):
         path = tmp_path / f"{name}.pt"
@@ -128,6 +153,14 @@ def test_teacher_of_another_architecture_or_class_count_is_refused(tmp_path: Pat
     path = tmp_path / "good.pt"
     torch.save(build_network("teacher", "demo").state_dict(), path)
     assert load_teacher(teacher, path) is teacher
+    # a teacher checkpoint that records other settings than the student's config expects
+    expected = NetworkSettings("teacher", "demo", image_size=64, in_channels=1, class_names=CLASSES)
+    trained = NetworkSettings("teacher", "demo", 64, 1, class_names=("a", "b", "c", "d"))
+    recorded = save_checkpoint(build_network("teacher", "demo"), trained, tmp_path, "recorded.pt")
+    with pytest.raises(ValueError, match=r"teacher checkpoint .*recorded\.pt holds a network with class_n"):
+        load_teacher(teacher, recorded, expected)
+    save_checkpoint(build_network("teacher", "demo"), expected, tmp_path, "matching.pt")
+    assert load_teacher(teacher, tmp_path / "matching.pt", expected) is teacher
 
 
 def test_option_values_are_checked() -> None:

@@ -14,17 +14,16 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from bundle_testing import ROOT, bundle_env
+from bundle_testing import CLASSES, ROOT, bundle_env, save_checkpoint
 from monai import bundle
 
-from pipeline.distill import load_weights
-from pipeline.networks import build_network
+from pipeline.networks import NetworkSettings, load_weights
 
 BUNDLES = {"hdkd_teacher": "teacher", "hdkd_student": "hdkd"}
 SCHEMA = "bundles/common/meta_schema.json"
-# the metadata describes the published 224 px RGB input; the tests use the small demo networks
+# the metadata describes the published 224 px RGB input; the tests use the small demo networks, which
+# inference.json's network_def rebuilds from the checkpoint (--ckpt_path) without a --profile
 DEMO = {
-    "profile": "demo",
     "_meta_#network_data_format#inputs#image#num_channels": 1,
     "_meta_#network_data_format#inputs#image#spatial_shape": [64, 64],
 }
@@ -42,12 +41,13 @@ def _paths(name: str) -> dict[str, str]:
 
 @pytest.fixture
 def weights(tmp_path: Path) -> dict[str, Path]:
-    """A demo checkpoint per bundle (random weights: the export tools do not care how good they are)."""
+    """A demo checkpoint per bundle as training writes it (random weights: the export tools do not care
+    how good they are)."""
     torch.manual_seed(0)
     files = {}
     for name, role in BUNDLES.items():
-        files[name] = tmp_path / f"{name}.pt"
-        torch.save(build_network(role, "demo").state_dict(), files[name])
+        settings = NetworkSettings(role, "demo", image_size=64, in_channels=1, class_names=CLASSES)
+        files[name] = save_checkpoint(settings.build(), settings, tmp_path, f"{name}.pt")
     return files
 
 
@@ -74,8 +74,10 @@ def test_network_in_out_and_exports(
     name: str, weights: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(ROOT)
-    bundle.verify_net_in_out(net_id="network_def", **_paths(name), **DEMO)
-    network = load_weights(build_network(BUNDLES[name], "demo"), weights[name]).eval()
+    demo = {**DEMO, "ckpt_path": str(weights[name])}
+    bundle.verify_net_in_out(net_id="network_def", **_paths(name), **demo)
+    settings = NetworkSettings(BUNDLES[name], "demo", 64, 1, CLASSES)
+    network = load_weights(settings.build(), weights[name]).eval()
     x = torch.rand(3, 1, 64, 64)
     with torch.no_grad():
         expected = network(x)
@@ -85,10 +87,11 @@ def test_network_in_out_and_exports(
         net_id="network_def",
         filepath=str(ts),
         ckpt_file=str(weights[name]),
+        key_in_ckpt="network",
         use_trace=True,
         input_shape=[1, 1, 64, 64],
         **_paths(name),
-        **DEMO,
+        **demo,
     )
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(ts))(x), expected, rtol=0, atol=1e-5)
@@ -98,11 +101,12 @@ def test_network_in_out_and_exports(
         net_id="network_def",
         filepath=str(onnx),
         ckpt_file=str(weights[name]),
+        key_in_ckpt="network",
         use_trace=True,
         input_shape=[1, 1, 64, 64],
         converter_kwargs=dict(ONNX_NAMES),
         **_paths(name),
-        **DEMO,
+        **demo,
     )
     session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     got = session.run(["pred"], {"image": x.numpy()})[0]  # batch 3 through a batch-1 trace: dynamic
@@ -113,7 +117,8 @@ def test_network_in_out_and_exports(
 def test_onnx_export_through_the_cli(weights: dict[str, Path], tmp_path: Path) -> None:
     onnx = tmp_path / "student.onnx"
     paths = _paths("hdkd_student")
-    overrides = [part for key, value in DEMO.items() for part in (f"--{key}", str(value).replace(" ", ""))]
+    demo = {**DEMO, "ckpt_path": str(weights["hdkd_student"])}
+    overrides = [part for key, value in demo.items() for part in (f"--{key}", str(value).replace(" ", ""))]
     command = [
         sys.executable,
         "-m",
@@ -128,6 +133,8 @@ def test_onnx_export_through_the_cli(weights: dict[str, Path], tmp_path: Path) -
         str(onnx),
         "--ckpt_file",
         str(weights["hdkd_student"]),
+        "--key_in_ckpt",
+        "network",
         "--use_trace",
         "True",
         "--input_shape",

@@ -19,8 +19,8 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.tree import DecisionTreeClassifier
 
-from pipeline.data import demo
-from pipeline.data.phantom import CLASSES, IN_PLANE, MAX_SLICES, MIN_SLICES, central_slices
+from pipeline.demo import cohort as demo
+from pipeline.demo.phantom import CLASSES, IN_PLANE, MAX_SLICES, MIN_SLICES, central_slices
 
 ROOT = Path(__file__).resolve().parents[1]
 

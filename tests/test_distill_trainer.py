@@ -14,8 +14,8 @@ from monai.handlers import CheckpointSaver, StatsHandler
 from naive_distill import naive_loss
 from torch.utils.data import DataLoader
 
-from pipeline.distill import DistillationTrainer, HDKDLoss, load_weights, loss_terms_transform
-from pipeline.networks import build_network
+from pipeline.distill import DistillationTrainer, HDKDLoss, loss_terms_transform
+from pipeline.networks import build_network, load_weights
 
 SIZE = 32  # demo networks at 32 px: stage maps 16, 8 and 4 px, a 2x2 token grid
 

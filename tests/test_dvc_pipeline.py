@@ -214,7 +214,7 @@ def test_dvc_repro_runs_the_whole_pipeline(tmp_path: Path) -> None:
     parent = parents.pop()
     children = {run for run, key, value in tags if key == "mlflow.parentRunId" and value == parent}
     names = {name for (run, name) in db.execute("SELECT run_uuid, name FROM runs") if run in children}
-    assert {"teacher", "student_baseline", "hdkd"} <= names
+    assert {"teacher", "baseline", "hdkd"} <= names
     assert len(children) >= 6  # three trainings and three evaluations
     side_by_side = {key for (key,) in db.execute("SELECT key FROM metrics WHERE run_uuid = ?", (parent,))}
     assert {f"{model}.balanced_accuracy" for model in MODELS} <= side_by_side

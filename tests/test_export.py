@@ -1,4 +1,5 @@
-"""ONNX / TorchScript export of a real (demo-profile) HDKD student through `python -m pipeline export`."""
+"""ONNX / TorchScript export of a real (demo-profile) HDKD student through `python -m pipeline export`,
+the network rebuilt from the settings its checkpoint carries."""
 
 from __future__ import annotations
 
@@ -10,18 +11,20 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from bundle_testing import CLASSES, save_checkpoint
 
 from pipeline.export import main, verify_onnx, verify_torchscript
-from pipeline.networks import build_network
+from pipeline.networks import NetworkSettings
 
 
 def test_cli_export_matches_torch_with_a_dynamic_batch(tmp_path):
     # one test, because the ONNX export takes seconds and xdist would repeat a shared fixture per worker
     torch.manual_seed(0)
-    network = build_network("hdkd", "demo", num_classes=3).eval()
-    torch.save({"network": network.state_dict(), "epoch": 3}, tmp_path / "checkpoint.pt")
-    argv = ["--checkpoint", str(tmp_path / "checkpoint.pt"), "--output", str(tmp_path / "out")]
-    argv += ["--role", "hdkd", "--profile", "demo", "--set", "num_classes=3", "--name", "student"]
+    settings = NetworkSettings("hdkd", "demo", image_size=64, in_channels=1, class_names=CLASSES[:3])
+    network = settings.build().eval()
+    checkpoint = save_checkpoint(network, settings, tmp_path, "checkpoint.pt")
+    # no --role / --profile / classes: the checkpoint's settings build the network
+    argv = ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), "--name", "student"]
     assert main(argv) == 0
     out = tmp_path / "out"
 
@@ -47,7 +50,7 @@ def test_cli_export_matches_torch_with_a_dynamic_batch(tmp_path):
 
     # the export record
     record = json.loads((out / "student.export.json").read_text())
-    assert (record["role"], record["profile"], record["overrides"]) == ("hdkd", "demo", {"num_classes": 3})
+    assert (record["role"], record["profile"], record["class_names"]) == ("hdkd", "demo", list(CLASSES[:3]))
     assert (record["num_classes"], record["image_size"], record["in_channels"]) == (3, 64, 1)
     assert record["parameters"] == sum(p.numel() for p in network.parameters())
     assert 0 <= record["onnx"]["max_abs_diff"] <= 1e-4 and 0 <= record["torchscript"]["max_abs_diff"] <= 1e-4
@@ -66,20 +69,30 @@ def test_cli_export_matches_torch_with_a_dynamic_batch(tmp_path):
 
 
 def test_cli_errors_name_the_file_and_the_problem(tmp_path, capsys):
-    teacher = build_network("teacher", "demo")
-    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
-    out = ["--output", str(tmp_path / "out"), "--profile", "demo"]
-    assert main(["--checkpoint", str(tmp_path / "teacher.pt"), "--role", "hdkd", *out]) == 2
-    error = capsys.readouterr().err
-    assert "teacher.pt" in error and "missing keys" in error
-    assert main(["--checkpoint", str(tmp_path / "absent.pt"), "--role", "teacher", *out]) == 2
-    assert "absent.pt" in capsys.readouterr().err
-    assert (
-        main(["--checkpoint", str(tmp_path / "teacher.pt"), "--role", "teacher", "--set", "depth=3", *out])
-        == 2
-    )
-    assert "depth" in capsys.readouterr().err
+    settings = NetworkSettings("teacher", "demo", image_size=64, in_channels=1, class_names=CLASSES)
+    teacher = save_checkpoint(settings.build(), settings, tmp_path, "teacher.pt")
+    out = ["--output", str(tmp_path / "out")]
+
+    def error_line() -> str:
+        (line,) = capsys.readouterr().err.splitlines()
+        return line
+
+    # an explicit setting that contradicts the checkpoint names both values
+    assert main(["--checkpoint", str(teacher), "--role", "hdkd", *out]) == 2
+    assert "teacher.pt holds a network with role 'teacher', but role 'hdkd' was given" in error_line()
+    assert main(["--checkpoint", str(teacher), "--profile", "published", *out]) == 2
+    assert "profile 'demo', but profile 'published' was given" in error_line()
+    assert main(["--checkpoint", str(teacher), "--class-names", "a,b", *out]) == 2
+    assert "but class_names ['a', 'b'] was given" in error_line()
+    assert main(["--checkpoint", str(tmp_path / "absent.pt"), *out]) == 2
+    assert "absent.pt" in error_line()
+    # weights that do not fit the recorded network: the strict load lists the keys
+    torch.save({"network": NetworkSettings("hdkd", "demo", 64, 1, CLASSES).build().state_dict(),
+                "network_settings": settings.state_dict()}, tmp_path / "mixed.pt")  # fmt: skip
+    assert main(["--checkpoint", str(tmp_path / "mixed.pt"), *out]) == 2
+    assert "mixed.pt" in (line := error_line()) and "unexpected keys" in line
+    # a checkpoint from before checkpoints carried their settings
+    torch.save(settings.build().state_dict(), tmp_path / "old.pt")
+    assert main(["--checkpoint", str(tmp_path / "old.pt"), "--profile", "demo", *out]) == 2
+    assert "old.pt records no network settings" in error_line()
     assert not (tmp_path / "out").exists()
-    with pytest.raises(SystemExit):
-        main(["--checkpoint", "x.pt", "--output", "o", "--role", "hdkd", "--set", "channels=[16,24"])
-    assert "must be JSON" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from PIL import Image
 from test_ingest_factory import palette_dataset, phantom, save_dicom, write_seg, write_series
 
 from pipeline.bundle.inference import DEMO_WARNING, LUMINANCE, model_provenance, predict, to_channels
-from pipeline.data.demo import MARKER
+from pipeline.demo.cohort import MARKER
 from pipeline.networks import build_network
 
 CLASSES = ["glioma", "meningioma", "pituitary", "notumor"]

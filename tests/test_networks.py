@@ -18,8 +18,7 @@ from pipeline.networks import (
     check_feature_compatibility,
 )
 from pipeline.networks.flops import forward_flops
-
-ROLES = ("teacher", "student", "hdkd")
+from pipeline.roles import MODELS as ROLES
 
 
 def n_params(network: nn.Module) -> int:
@@ -76,7 +75,7 @@ def test_features_carry_gradients_from_one_pass() -> None:
 @pytest.mark.parametrize("profile", ["published", "demo"])
 def test_teacher_and_student_of_a_profile_are_compatible(profile: str) -> None:
     teacher = build_network("teacher", profile)
-    for role in ("student", "hdkd"):
+    for role in ("baseline", "hdkd"):
         student = build_network(role, profile)
         check_feature_compatibility(teacher, student)
         assert student.stage_shapes() == teacher.stage_shapes()
@@ -119,8 +118,8 @@ def test_other_stem_strides_and_image_sizes(
         ("hdkd", {"image_size": 80, "stem_stride": 4}, "multiple of 32"),
         ("teacher", {"image_size": 100}, "multiple of 8"),
         ("teacher", {"stem_stride": 3}, "stem_stride"),
-        ("student", {"blocks": (1, 1)}, "blocks and channels"),
-        ("student", {"dropout": 1.0}, "dropout"),
+        ("baseline", {"blocks": (1, 1)}, "blocks and channels"),
+        ("baseline", {"dropout": 1.0}, "dropout"),
         ("teacher", {"drop_path": -0.1}, "drop_path"),
         ("teacher", {"block": "resnet"}, "block must be one of"),
     ],

@@ -15,7 +15,7 @@ import torch
 from test_ingest_factory import SALT, phantom, write_nifti
 
 from pipeline.bundle.inference import predict
-from pipeline.data.demo import MARKER
+from pipeline.demo.cohort import MARKER
 from pipeline.data.manifest import read_manifest
 from pipeline.data.privacy import SALT_ENV
 from pipeline.networks import build_network

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from pipeline.export import export_onnx, main
-from pipeline.networks import build_network
+from pipeline.networks import NetworkSettings, build_network
 from pipeline.quantize import compare_predictions, quantize_int8, split_images
-from tests.bundle_testing import CLASSES, make_split
+from tests.bundle_testing import CLASSES, make_split, save_checkpoint
+
+DEMO_HDKD = NetworkSettings("hdkd", "demo", image_size=64, in_channels=1, class_names=CLASSES)
 
 
 def _digest(path) -> str:
@@ -23,12 +25,11 @@ def _digest(path) -> str:
 
 def test_cli_writes_a_checked_int8_model_beside_the_float_one(tmp_path):
     torch.manual_seed(0)
-    network = build_network("hdkd", "demo").eval()
-    torch.save(network.state_dict(), tmp_path / "model.pt")
+    save_checkpoint(DEMO_HDKD.build().eval(), DEMO_HDKD, tmp_path)
     split = make_split(tmp_path / "data", per_class={"train": 6, "val": 2, "test": 1}, size=64)
     out = tmp_path / "out"
-    argv = ["--checkpoint", str(tmp_path / "model.pt"), "--output", str(out), "--role", "hdkd"]
-    argv += ["--profile", "demo", "--int8-split", str(split), "--class-names", ",".join(CLASSES)]
+    # the classes of the split's labels come from the checkpoint
+    argv = ["--checkpoint", str(tmp_path / "model.pt"), "--output", str(out), "--int8-split", str(split)]
     argv += ["--calibration-images", "12", "--min-agreement", "0.5"]
     assert main(argv) == 0
 
@@ -91,10 +92,9 @@ def test_split_images_and_cli_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="at least 1"):
         split_images(split, "train", CLASSES, 64, 1, count=0)
 
-    network = build_network("hdkd", "demo").eval()
-    torch.save(network.state_dict(), tmp_path / "model.pt")
+    save_checkpoint(DEMO_HDKD.build().eval(), DEMO_HDKD, tmp_path)
     argv = ["--checkpoint", str(tmp_path / "model.pt"), "--output", str(tmp_path / "out"), "--role", "hdkd"]
     with pytest.raises(SystemExit):
-        main([*argv, "--profile", "demo", "--int8-split", str(split)])
-    assert "--int8-split needs --class-names" in capsys.readouterr().err
+        main([*argv, "--int8-split", str(split), "--register", "hdkd-student"])
+    assert "--register needs --test-report" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

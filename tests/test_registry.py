@@ -17,12 +17,12 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from bundle_testing import CLASSES, make_split
+from bundle_testing import CLASSES, make_split, save_checkpoint
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 from pipeline.export import main
-from pipeline.networks import build_network
+from pipeline.networks import NetworkSettings
 from pipeline.tracking.registry import CONTENT_TAG, INTERFACE_TAG
 
 NAME = "hdkd-student"
@@ -45,7 +45,8 @@ def trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     torch.manual_seed(0)
     models = tmp_path / "models"
     models.mkdir()
-    torch.save(build_network("hdkd", "demo").state_dict(), models / "model.pt")
+    settings = NetworkSettings("hdkd", "demo", image_size=64, in_channels=1, class_names=CLASSES)
+    save_checkpoint(settings.build(), settings, models)
     training_run = tracking.start_run("hdkd", "hdkd", run_id_file=models / tracking.RUN_ID_FILE)
     report = tmp_path / "metrics.json"
     report.write_text(

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from pipeline.data import slices
-from pipeline.data.dicom_writer import PatientInfo, SeriesInfo, write_series
 from pipeline.data.manifest import ManifestRow, write_outputs
-from pipeline.data.phantom import Grid
 from pipeline.data.slice_table import SLICE_COLUMNS
 from pipeline.data.slices import SkipItem, SliceSettings, select_slices
+from pipeline.demo.dicom_writer import PatientInfo, SeriesInfo, write_series
+from pipeline.demo.phantom import Grid
 
 SETTINGS = SliceSettings()
 

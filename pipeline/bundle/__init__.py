@@ -20,7 +20,14 @@ from pipeline.bundle.handlers import (
     logits_and_labels,
 )
 from pipeline.bundle.precision import precision_inferer
-from pipeline.bundle.preflight import check_choice, check_split, class_list, flag, load_teacher, load_trained
+from pipeline.bundle.preflight import (
+    check_choice,
+    check_split,
+    class_list,
+    flag,
+    load_teacher,
+    trained_settings,
+)
 from pipeline.bundle.resume import prepare_models_dir
 from pipeline.bundle.schedules import lr_schedule, training_epochs, weight_decay_groups
 from pipeline.bundle.workflow import check_overrides, executed_config
@@ -43,7 +50,6 @@ __all__ = [
     "init_distributed",
     "link_early_stopping",
     "load_teacher",
-    "load_trained",
     "logits_and_labels",
     "lr_schedule",
     "precision_inferer",
@@ -52,6 +58,7 @@ __all__ = [
     "rank",
     "repo_root",
     "shutdown_distributed",
+    "trained_settings",
     "training_epochs",
     "weight_decay_groups",
     "world_size",

@@ -25,7 +25,6 @@ from monai.visualize import GradCAM
 from torch import nn
 
 from pipeline.atomic import atomic_path, check_writable, write_csv, write_json
-from pipeline.data.demo import MARKER as DEMO_MARKER
 from pipeline.data.dicom import DicomError
 from pipeline.data.discovery import Found, Unreadable, classify, printable, walk
 from pipeline.data.ingest import Candidate, group_dicom, screen_dicom
@@ -35,6 +34,7 @@ from pipeline.data.manifest import MANIFEST_NAME, input_root
 from pipeline.data.privacy import HASH_CHARS
 from pipeline.data.slices import SkipItem, SliceSettings, image_slice, volume_slices
 from pipeline.data.transforms import eval_transforms
+from pipeline.demo.cohort import MARKER as DEMO_MARKER
 from pipeline.engines import AUTO, select_engine
 from pipeline.evaluate.plots import safe_name
 

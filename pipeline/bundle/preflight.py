@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from pipeline.data.datasets import load_split
-from pipeline.distill import load_weights
+from pipeline.networks import NetworkSettings, load_weights, read_settings
 
 TRUE_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 TEACHER_HOWTO = (
@@ -82,13 +82,18 @@ def check_split(
     return sizes
 
 
-def load_teacher(teacher: nn.Module, checkpoint: str | Path) -> nn.Module:
-    """``teacher`` with the weights of ``checkpoint`` loaded strictly; a missing file or a checkpoint of
-    another architecture / class count is an error saying how to produce the right one."""
+def load_teacher(
+    teacher: nn.Module, checkpoint: str | Path, expected: NetworkSettings | None = None
+) -> nn.Module:
+    """``teacher`` with the weights of ``checkpoint`` loaded strictly; a missing file, a checkpoint whose
+    recorded settings differ from ``expected`` (the teacher the config builds) or one of another
+    architecture / class count is an error saying how to produce the right one."""
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"teacher weights {path} not found: {TEACHER_HOWTO}")
     try:
+        if expected is not None:
+            read_settings(path).check(f"teacher checkpoint {path}", **expected.state_dict())
         return load_weights(teacher, path)
     except ValueError as error:
         raise ValueError(
@@ -98,14 +103,23 @@ def load_teacher(teacher: nn.Module, checkpoint: str | Path) -> nn.Module:
         ) from error
 
 
-def load_trained(network: nn.Module, checkpoint: str | Path, bundle_name: str) -> nn.Module:
-    """``network`` with the bundle's trained weights loaded strictly; a missing file is an error saying
-    how to train them (same overrides as for evaluation) or where to point ``--ckpt_path``."""
+def trained_settings(
+    checkpoint: str | Path,
+    bundle_name: str,
+    role: str,
+    profile: str | None = None,
+    class_names: Sequence[str] | str | None = None,
+) -> NetworkSettings:
+    """The network settings recorded in the bundle's trained checkpoint, from which evaluation and
+    inference rebuild the network. ``role`` (the bundle variant's) and the explicit ``profile`` /
+    ``class_names`` (None: the checkpoint's) must agree with the record; a missing file is an error saying
+    how to train it or where to point ``--ckpt_path``."""
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(
             f"trained weights {path} not found: train them first with `python -m monai.bundle run "
-            f"--config_file bundles/{bundle_name}/configs/train.json` (same --profile / --variant / "
-            "--models_dir overrides), or pass --ckpt_path PATH"
+            f"--config_file bundles/{bundle_name}/configs/train.json` (same --variant / --models_dir "
+            "overrides), or pass --ckpt_path PATH"
         )
-    return load_weights(network, path)
+    names = None if class_names is None else class_list(class_names)
+    return read_settings(path).check(f"checkpoint {path}", role=role, profile=profile, class_names=names)

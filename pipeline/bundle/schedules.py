@@ -10,7 +10,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ConstantLR, LambdaLR, LRScheduler
 
-LR_SCHEDULES = ("constant", "cosine")
+from pipeline.choices import LR_SCHEDULES
 
 
 def cosine_rate(

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.atomic import OutputError, check_writable
-from pipeline.data.demo import is_demo_cohort
+from pipeline.demo.cohort import is_demo_cohort
 from pipeline.data.dicom import ACQUISITION_TAGS, DicomError, DicomFile, check_stackable, stack_geometry
 from pipeline.data.discovery import OUTSIDE_INPUT, Found, Unreadable, classify, inside, printable, walk
 from pipeline.data.labels import ItemKey, LabelSource, NoLabel, detect_layout

@@ -18,12 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.choices import KD_REDUCTIONS, KD_TYPES
 from pipeline.networks.output import HDKDOutput
 
-KD_TYPES = ("soft", "hard", "none")
-# How soft KD's summed KL divergence is divided: "published" by batch * classes (the published code's,
-# DeiT's legacy normalisation), "batchmean" by the batch only (``classes`` times larger).
-KD_REDUCTIONS = ("published", "batchmean")
 STAGES = (1, 2, 3)
 TERMS = ("ce", "logit_kd", "feature_kd")
 

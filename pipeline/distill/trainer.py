@@ -53,7 +53,7 @@ class DistillationTrainer(SupervisedTrainer):
 
     Args beyond ``SupervisedTrainer``'s (all of which are accepted by keyword and passed on):
         loss_function: an ``HDKDLoss``.
-        teacher: the trained teacher (weights already loaded, e.g. with ``pipeline.distill.load_weights``),
+        teacher: the trained teacher (weights already loaded, e.g. with ``pipeline.networks.load_weights``),
             or None. It is moved to ``device``, frozen (requires_grad False) and kept in eval mode; it is
             a plain attribute, so it is not part of ``network``, the optimizer, a DDP wrapper or any
             checkpoint that saves ``network``.

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from pipeline.params import PARAMS_FILE, split_names
+from pipeline.roles import BASELINE, HDKD, MODELS
 
 # True when this module is the process's entry point (`python -m pipeline.stages`): only then does
 # `exec` tune the garbage collector for the process (pipeline.stages.launcher.startup_without_gc).
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "parent run.",
     )
     report.add_argument(
-        "--models", default="teacher,baseline,hdkd", help="comma-separated (default %(default)s)"
+        "--models", default=",".join(MODELS), help="comma-separated (default %(default)s)"
     )
     report.add_argument("--eval-dir", type=Path, required=True, help="holds <model>/metrics.json")
     report.add_argument("--models-dir", type=Path, required=True, help="holds <model>/training_log.csv")
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--latency-runs", type=int, default=20, help="timed CPU passes (default %(default)s)")
     report.add_argument(
         "--paired",
-        default="hdkd,baseline",
+        default=f"{HDKD},{BASELINE}",
         help="MODEL,REFERENCE: write METRICS_DIR/paired.json, MODEL - REFERENCE with a paired "
         "patient-bootstrap CI ('' for none; default %(default)s)",
     )

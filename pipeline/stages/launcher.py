@@ -2,7 +2,7 @@
 
 It checks every key of params.yaml (pipeline.params: the message names the bad key) and the data
 checks the stage asks for, and with ``mlflow`` finds or creates the pipeline's MLflow parent run
-(pipeline.experiment) and hands its id to the commands in ``HDKD_MLFLOW_PARENT_RUN_ID``; then it runs
+(pipeline.tracking.parent) and hands its id to the commands in ``HDKD_MLFLOW_PARENT_RUN_ID``; then it runs
 the commands one after another, stops at the first that fails and returns its exit code. Each ``--``
 starts a command, so one stage can run several ``python -m`` commands in one process and import torch
 and MONAI once (the evaluation stage runs the three bundle evaluations and the report this way).
@@ -120,13 +120,11 @@ def launch(
         os.environ[STAGE_ENV] = stage
     if not mlflow:
         return run_commands(commands)
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.experiment import close_parent_run, pipeline_parent_run
-    from pipeline.tracking import PARENT_RUN_ENV, TrackingStoreError, check_store
+    from pipeline.tracking import PARENT_RUN_ENV, TrackingStoreError
+    from pipeline.tracking.parent import close_parent_run, pipeline_parent_run, store_client
 
     try:
-        client = MlflowClient(check_store(experiment))  # also exports MLFLOW_TRACKING_URI to the command
+        client = store_client(experiment)  # also exports MLFLOW_TRACKING_URI to the command
     except TrackingStoreError as error:
         print(f"python -m pipeline.stages exec: error: {error}", file=sys.stderr)
         return 2

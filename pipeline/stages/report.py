@@ -23,7 +23,6 @@ evaluate bundle's ClassificationReportHandler) and the per-epoch training log
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,8 @@ from pipeline.evaluate.metrics import HEADLINE, PAIRED, PER_CLASS
 from pipeline.evaluate.paired import paired_difference_of_files
 from pipeline.evaluate.plots import plot_training_curves
 from pipeline.networks import build_network
+from pipeline.roles import BASELINE, HDKD
 
-# model name in the pipeline -> network role of pipeline.networks.build_network
-ROLES = {"teacher": "teacher", "baseline": "student", "hdkd": "hdkd"}
 BARS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
 CURVES = ("train_loss", "val_accuracy", "val_balanced_accuracy")
 DETAILS = ("ci95", "per_class", "cpu_latency_ms")  # not DVC metrics: wide, or (latency) machine noise
@@ -57,10 +55,8 @@ def complexity(
     model: str, profile: str, image_size: int, in_channels: int, num_classes: int, latency_runs: int
 ) -> dict[str, float]:
     """Parameters, GFLOPs and median CPU latency (batch 1, 2 threads) of ``model``'s network."""
-    if model not in ROLES:
-        raise ValueError(f"unknown model {model!r}; expected one of {sorted(ROLES)}")
     network = build_network(
-        ROLES[model], profile, image_size=image_size, in_channels=in_channels, num_classes=num_classes
+        model, profile, image_size=image_size, in_channels=in_channels, num_classes=num_classes
     ).eval()
     return {
         "parameters": count_parameters(network),
@@ -178,27 +174,6 @@ def training_history(models_dir: Path, models: Sequence[str]) -> pd.DataFrame:
     return merged.reset_index()
 
 
-def log_to_parent_run(metrics: Mapping[str, Mapping[str, Any]], files: Sequence[Path]) -> str | None:
-    """Log every model's flat metrics as ``<model>.<key>`` and the report files to the pipeline's parent
-    run (``HDKD_MLFLOW_PARENT_RUN_ID``); returns its id, or None outside a pipeline execution."""
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.params import flatten
-    from pipeline.tracking import PARENT_RUN_ENV, configure_mlflow
-
-    run_id = os.environ.get(PARENT_RUN_ENV)
-    if not run_id:
-        return None
-    client = MlflowClient(configure_mlflow())
-    for model, values in metrics.items():
-        for key, value in flatten(values).items():
-            if isinstance(value, (int, float)) and value is not None:
-                client.log_metric(run_id, f"{model}.{key}", float(value))
-    for path in files:
-        client.log_artifact(run_id, str(path), "report")
-    return run_id
-
-
 def write_report(
     models: Sequence[str],
     eval_dir: Path,
@@ -212,7 +187,7 @@ def write_report(
     latency_runs: int,
     n_bootstrap: int = 1000,
     seed: int = 0,
-    paired: tuple[str, str] | None = ("hdkd", "baseline"),
+    paired: tuple[str, str] | None = (HDKD, BASELINE),
 ) -> dict[str, dict[str, Any]]:
     """Write the metrics files and plots described in the module docstring; returns the metrics, with
     the ``paired`` comparison (model, reference; None for none) under the key "paired"."""
@@ -257,5 +232,7 @@ def write_report(
     files.append(plot_training_curves(plots_dir / "training_curves.csv", plots_dir / "training_curves.png"))
     if paired is not None:
         metrics = {**metrics, "paired": comparison}
+    from pipeline.tracking.parent import log_to_parent_run
+
     log_to_parent_run(metrics, files)
     return metrics

@@ -301,8 +301,8 @@ class RunMLFlowHandler(MLFlowHandler):
     the wrong one; binding by id removes the guess. An exception in the engine marks the run FAILED.
     At COMPLETED it also logs, when given: ``final_metrics`` (a callable returning e.g. the kept
     checkpoint's ``best_val_*`` and ``best_epoch``), ``dataset`` (the split CSV, as the run's training
-    dataset) and ``model_checkpoint`` with ``model_config`` (the keyword arguments of
-    pipeline.tracking.model.model_config), logged as the run's pyfunc model ``model``.
+    dataset) and ``model_checkpoint``, logged as the run's pyfunc model ``model`` (rebuilt from the network
+    settings the checkpoint records).
     """
 
     def __init__(
@@ -312,7 +312,6 @@ class RunMLFlowHandler(MLFlowHandler):
         final_metrics: Callable[[], Mapping[str, float]] | None = None,
         dataset: str | Path | None = None,
         model_checkpoint: str | Path | None = None,
-        model_config: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         uri = configure_mlflow(tracking_uri)
@@ -321,7 +320,7 @@ class RunMLFlowHandler(MLFlowHandler):
         self.experiment = self.client.get_experiment(self.cur_run.info.experiment_id)
         self.experiment_name = self.experiment.name
         self.final_metrics, self.dataset = final_metrics, dataset
-        self.model_checkpoint, self.model_config = model_checkpoint, model_config
+        self.model_checkpoint = model_checkpoint
 
     def complete(self) -> None:
         """Log ``artifacts`` at COMPLETED: a file at the top level, a folder as a folder of that name (the
@@ -340,7 +339,8 @@ class RunMLFlowHandler(MLFlowHandler):
             metrics = [Metric(key, float(value), now, 0) for key, value in self.final_metrics().items()]
             self.client.log_batch(run_id, metrics=metrics)
         if self.dataset or self.model_checkpoint:
-            from pipeline.tracking.model import log_classifier, model_config
+            from pipeline.networks import read_settings
+            from pipeline.tracking.model import log_classifier
             from pipeline.tracking.provenance import log_split_dataset
 
             started = time.perf_counter()
@@ -348,7 +348,7 @@ class RunMLFlowHandler(MLFlowHandler):
                 if self.dataset:
                     log_split_dataset(self.dataset, "training")
                 if self.model_checkpoint:
-                    log_classifier(self.model_checkpoint, model_config(**(self.model_config or {})))
+                    log_classifier(self.model_checkpoint, read_settings(self.model_checkpoint).state_dict())
             seconds = time.perf_counter() - started
             logger.info("logged the dataset and model of run %s in %.1f s", run_id, seconds)
 

@@ -2,7 +2,8 @@
 probabilities.
 
 A logged model holds the checkpoint (``model.pt``, the state dict the training keeps) and the settings
-that rebuild its network (``model_config``: role, profile, image size, channels, class names). Its
+that rebuild its network (``model_config``: pipeline.networks.NetworkSettings.state_dict(), the record
+every training checkpoint carries: role, profile, image size, channels, class names). Its
 signature takes a float32 batch ``[-1, C, S, S]`` shaped as the slice files are (values in [0, 1]) and
 returns float32 probabilities ``[-1, classes]``; the class names are in the model's metadata. The
 requirements are given explicitly (no slow inference of the environment at logging time).
@@ -10,7 +11,7 @@ requirements are given explicitly (no slow inference of the environment at loggi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,19 +27,6 @@ WEIGHTS = "weights"
 # distributions the model needs at load time; the ``pipeline`` package (this project) must be installed too,
 # so serve with ``--env-manager local`` from the project's environment (README: "Registered models")
 REQUIREMENTS = ("torch", "monai", "numpy", "mlflow", "einops")
-
-
-def model_config(
-    role: str, profile: str, image_size: int, in_channels: int, class_names: Sequence[str]
-) -> dict[str, Any]:
-    """The settings that rebuild the network of a logged model."""
-    return {
-        "role": role,
-        "profile": profile,
-        "image_size": int(image_size),
-        "in_channels": int(in_channels),
-        "class_names": list(class_names),
-    }
 
 
 def signature(config: Mapping[str, Any]) -> ModelSignature:
@@ -61,29 +49,22 @@ def pip_requirements() -> list[str]:
 
 
 class ClassifierModel(PythonModel):
-    """The pyfunc model: rebuilds the network from ``model_config``, loads the checkpoint strictly and
-    returns softmax probabilities (ImageNet normalisation applied for 3-channel input, as in training)."""
+    """The pyfunc model: rebuilds the network from ``model_config`` (network settings), loads the
+    checkpoint strictly and returns softmax probabilities (ImageNet normalisation applied for 3-channel
+    input, as in training)."""
 
     def load_context(self, context: PythonModelContext) -> None:
         """Build the network and load the weights (CPU, eval mode)."""
         import torch
 
         from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-        from pipeline.distill.checkpoint import load_weights
-        from pipeline.networks import build_network
+        from pipeline.networks import NetworkSettings, load_weights
 
-        config = context.model_config
-        self.class_names = list(config["class_names"])
-        network = build_network(
-            config["role"],
-            config["profile"],
-            image_size=config["image_size"],
-            in_channels=config["in_channels"],
-            num_classes=len(self.class_names),
-        )
-        self.network = load_weights(network, context.artifacts[WEIGHTS]).eval()
+        settings = NetworkSettings.from_dict(context.model_config, "model_config")
+        self.class_names = list(settings.class_names)
+        self.network = load_weights(settings.build(), context.artifacts[WEIGHTS]).eval()
         self.normalisation = None
-        if config["in_channels"] == 3:
+        if settings.in_channels == 3:
             self.normalisation = (
                 torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
                 torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),

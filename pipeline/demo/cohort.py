@@ -43,14 +43,14 @@ import numpy as np
 import pydicom
 from tqdm import tqdm
 
-from pipeline.data import phantom
-from pipeline.data.dicom_writer import PatientInfo, SeriesInfo, write_series
 from pipeline.data.parallel import map_in_order
+from pipeline.demo import phantom
+from pipeline.demo.dicom_writer import PatientInfo, SeriesInfo, write_series
 
 MARKER = ".hdkd-demo.json"
 LABELS = "labels.csv"
 LABEL_COLUMNS = ("path", "label", "patient_id", "mask")
-GENERATOR = "pipeline.data.demo"
+GENERATOR = "pipeline.demo.cohort"
 FORMAT_VERSION = 1
 MIN_CASES = 4
 SESSION_ATTEMPTS = 20

@@ -1,4 +1,6 @@
-"""Strict teacher loading: accepted checkpoint layouts and a clear error for every kind of wrong file."""
+"""Strict weight loading (accepted checkpoint layouts, a clear error for every kind of wrong file) and
+the network settings a training checkpoint carries: the network rebuilt from the file alone, and an
+explicit setting that contradicts it refused."""
 
 from __future__ import annotations
 
@@ -6,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_testing import CLASSES, save_checkpoint
 
-from pipeline.distill import load_weights
-from pipeline.networks import build_network
+from pipeline.networks import NetworkSettings, build_network, load_trained, load_weights, read_settings
+from pipeline.roles import MODELS
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +122,55 @@ def test_checkpoint_without_a_network_state_is_an_error(tmp_path: Path, content:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nothere\.pt"):
         load_weights(build_network("teacher", "demo"), tmp_path / "nothere.pt")
+
+
+@pytest.mark.parametrize("role", MODELS)
+def test_a_saved_checkpoint_rebuilds_its_network_alone(tmp_path: Path, role: str) -> None:
+    settings = NetworkSettings(role, "demo", image_size=48, in_channels=1, class_names=CLASSES[:3])
+    torch.manual_seed(0)
+    network = settings.build().eval()
+    path = save_checkpoint(network, settings, tmp_path)
+    assert read_settings(path) == settings
+    # the file alone: role, profile, size, channels and the 3 classes come from it
+    rebuilt_settings, rebuilt = load_trained(path)
+    assert rebuilt_settings == settings and type(rebuilt) is type(network)
+    assert (rebuilt.image_size, rebuilt.in_channels, rebuilt.num_classes) == (48, 1, 3)
+    assert_loaded(rebuilt, network.state_dict())
+    x = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), network(x), rtol=0, atol=0)
+    # explicit settings that agree are accepted
+    assert load_trained(path, role=role, profile="demo", class_names=list(CLASSES[:3]))[0] == settings
+
+
+def test_an_explicit_setting_contradicting_the_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
+    settings = NetworkSettings("hdkd", "demo", image_size=64, in_channels=1, class_names=CLASSES)
+    path = save_checkpoint(settings.build(), settings, tmp_path)
+    for given, expected in (
+        ({"profile": "published"}, "profile 'demo', but profile 'published' was given"),
+        ({"role": "baseline"}, "role 'hdkd', but role 'baseline' was given"),
+        ({"class_names": ["a", "b"]}, "class_names ['glioma', 'meningioma', 'pituitary', 'notumor'], but"),
+    ):
+        with pytest.raises(ValueError, match=r"checkpoint .*model\.pt holds a network with ") as error:
+            load_trained(path, **given)
+        assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_checkpoint_without_settings_says_to_retrain(tmp_path: Path) -> None:
+    for name, content in (
+        ("bare.pt", build_network("hdkd", "demo").state_dict()),
+        ("old.pt", {"network": build_network("hdkd", "demo").state_dict()}),
+    ):
+        torch.save(content, tmp_path / name)
+        with pytest.raises(ValueError, match=rf"{name} records no network settings .*retrain") as error:
+            load_trained(tmp_path / name, profile="demo")
+        assert "\n" not in str(error.value)
+
+
+def test_settings_are_checked_when_built() -> None:
+    with pytest.raises(ValueError, match=r"role must be one of \['teacher', 'baseline', 'hdkd'\], got 'stud"):
+        NetworkSettings("student", "demo", 64, 1, CLASSES)
+    with pytest.raises(ValueError, match="profile must be one of"):
+        NetworkSettings("hdkd", "tiny", 64, 1, CLASSES)
+    with pytest.raises(ValueError, match=r"lack \['class_names'\]"):
+        NetworkSettings.from_dict({"role": "hdkd", "profile": "demo", "image_size": 64, "in_channels": 1})

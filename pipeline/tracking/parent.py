@@ -7,6 +7,7 @@ that logs to MLflow asks :func:`pipeline_parent_run` for the parent of *its* DVC
 first such stage of an execution creates it (tagged with the DVC process' id and start time), the
 later ones find it by that tag. Stages DVC skips log nothing, so a parent run holds exactly the
 work that execution did. ``HDKD_MLFLOW_PARENT_RUN_ID`` set by the user wins over all of this.
+The evaluate stage's report logs the models' final numbers to that run (:func:`log_to_parent_run`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ import psutil
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking import PARENT_RUN_ENV, flatten_params, get_or_create_experiment
+from pipeline.params import flatten
+from pipeline.tracking import (
+    PARENT_RUN_ENV,
+    check_store,
+    configure_mlflow,
+    flatten_params,
+    get_or_create_experiment,
+)
 
 SESSION_TAG = "hdkd.dvc_session"
 KIND_TAG = "hdkd.run_kind"
@@ -77,3 +85,26 @@ def close_parent_run(client: MlflowClient, run_id: str, succeeded: bool) -> None
     """Mark the parent run finished (or failed) after a stage; the next stage of the same execution
     re-uses it and moves its end time on."""
     client.set_terminated(run_id, "FINISHED" if succeeded else "FAILED")
+
+
+def store_client(experiment: str) -> MlflowClient:
+    """A client of the checked store (:func:`pipeline.tracking.check_store`: reachable, takes writes; the
+    URI is exported to the commands as MLFLOW_TRACKING_URI)."""
+    return MlflowClient(check_store(experiment))
+
+
+def log_to_parent_run(metrics: Mapping[str, Mapping[str, Any]], files: Sequence[Path]) -> str | None:
+    """Log every model's flat metrics as ``<model>.<key>`` and ``files`` (artifact folder ``report``) to the
+    pipeline's parent run (``HDKD_MLFLOW_PARENT_RUN_ID``); returns its id, or None outside a pipeline
+    execution."""
+    run_id = os.environ.get(PARENT_RUN_ENV)
+    if not run_id:
+        return None
+    client = MlflowClient(configure_mlflow())
+    for model, values in metrics.items():
+        for key, value in flatten(values).items():
+            if isinstance(value, (int, float)) and value is not None:
+                client.log_metric(run_id, f"{model}.{key}", float(value))
+    for path in files:
+        client.log_artifact(run_id, str(path), "report")
+    return run_id

@@ -17,7 +17,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
-from pipeline.data.phantom import Grid
+from pipeline.demo.phantom import Grid
 
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:hdkd-pipeline:demo-dicom")
 IMPLEMENTATION_VERSION = "HDKD_DEMO_1"
