@@ -15,9 +15,9 @@ import torch
 from test_ingest_factory import SALT, phantom, write_nifti
 
 from pipeline.bundle.inference import predict
-from pipeline.demo.cohort import MARKER
 from pipeline.data.manifest import read_manifest
 from pipeline.data.privacy import SALT_ENV
+from pipeline.demo.cohort import MARKER
 from pipeline.networks import build_network
 
 NAMES = ("Zebulon", "Quixotic")  # a patient's name, as hospital exports put it into folder names

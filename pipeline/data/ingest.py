@@ -23,7 +23,6 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.atomic import OutputError, check_writable
-from pipeline.demo.cohort import is_demo_cohort
 from pipeline.data.dicom import ACQUISITION_TAGS, DicomError, DicomFile, check_stackable, stack_geometry
 from pipeline.data.discovery import OUTSIDE_INPUT, Found, Unreadable, classify, inside, printable, walk
 from pipeline.data.labels import ItemKey, LabelSource, NoLabel, detect_layout
@@ -32,6 +31,7 @@ from pipeline.data.loaders import header_notes, kind_of, load_mask, read_item, s
 from pipeline.data.manifest import MANIFEST_NAME, REJECTED_NAME, ManifestRow, write_outputs
 from pipeline.data.parallel import map_in_order, one_torch_thread
 from pipeline.data.privacy import DEMO_SALT, SALT_ENV, resolve_salt, salted_hash
+from pipeline.demo.cohort import is_demo_cohort
 
 NO_PATIENT = "no patient id: the item counts as its own patient"
 SEVERAL_LABELS = "patient has items labelled"  # + the labels: a manifest warning
