@@ -32,7 +32,7 @@ from monai.utils import set_determinism
 from pipeline.data import ingest, slices, split
 from pipeline.data.datasets import loader_worker_init, make_dataset
 from pipeline.data.dicom import read_header
-from pipeline.data.discovery import claimed_bytes, inside, printable, sniff_format, walk
+from pipeline.data.discovery import check_gzip_stream, inside, printable, sniff_format, walk
 from pipeline.data.limits import MAX_ITEM_BYTES
 from pipeline.data.loaders import check_foreground, header_notes, load_item
 from pipeline.data.manifest import item_files, read_manifest
@@ -120,7 +120,7 @@ def validation_cpu(root: Path) -> tuple[float, float]:
 def hostile_checks_cpu(root: Path, manifest: Path) -> float:
     """CPU seconds of the checks ingest runs against hostile inputs, timed alone (median of three passes):
     per file, whether it stays inside ``root`` and has a UTF-8 name; per NIfTI, its header size with the
-    capped gzip stream pass (:func:`claimed_bytes`); per manifest item, its header warnings
+    capped gzip stream pass (:func:`check_gzip_stream`); per manifest item, its header warnings
     (:func:`header_notes`) and, for 2D images, the foreground check (loading is not timed)."""
     files = list(walk(root, set()))
     nifti = [path for path in files if sniff_format(path) == "nifti"]
@@ -132,7 +132,7 @@ def hostile_checks_cpu(root: Path, manifest: Path) -> float:
             inside(path, root)
             printable(path.relative_to(root).as_posix())
         for path in nifti:
-            claimed_bytes(path, "nifti")
+            check_gzip_stream(path)
         for row, image, first_file in items:
             if row.format != "dicom":
                 header_notes(first_file, row.format, image)

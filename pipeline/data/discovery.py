@@ -114,26 +114,32 @@ def _stream_longer_than(path: Path, limit: int) -> bool:
     return False
 
 
+def check_gzip_stream(path: Path) -> None:
+    """Unreadable for a gzipped NIfTI whose stream inflates past the bytes its header describes (a
+    decompression bomb behind a modest header), found with a capped, streamed read."""
+    try:
+        header = nibabel.load(path).header
+        values = int(np.prod(header.get_data_shape(), dtype=np.int64))
+        described = int(header.get_data_offset()) + values * header.get_data_dtype().itemsize
+    except Exception:  # a damaged header: the loader reports it
+        return
+    if _is_gzip(path) and _stream_longer_than(path, described + GZIP_SLACK):
+        raise Unreadable(f"gzip stream inflates past the {described:,} bytes its NIfTI header describes: "
+                         "refused (a decompression bomb or a damaged file)")
+
+
 def claimed_bytes(path: Path, fmt: str) -> int:
     """The decoded size (:func:`decoded_bytes`) the header of a NIfTI or 2D image claims, read from the header
-    only (nibabel's header, Pillow's lazy open); 0 when the header cannot be parsed (the loader says why).
-    Unreadable for a gzipped NIfTI whose stream inflates past what its header describes (a decompression
-    bomb behind a modest header)."""
+    only (nibabel's header, Pillow's lazy open); 0 when the header cannot be parsed (the loader says why)."""
     try:
         if fmt == "nifti":
             header = nibabel.load(path).header
             values = int(np.prod(header.get_data_shape(), dtype=np.int64))
-            described = int(header.get_data_offset()) + values * header.get_data_dtype().itemsize
-            if _is_gzip(path) and _stream_longer_than(path, described + GZIP_SLACK):
-                raise Unreadable(f"gzip stream inflates past the {described:,} bytes its NIfTI header "
-                                 "describes: refused (a decompression bomb or a damaged file)")
             return decoded_bytes(values, header.get_data_dtype().itemsize)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 return decoded_bytes(image.width * image.height * len(image.getbands()), 1)
-    except Unreadable:
-        raise
     except Image.DecompressionBombError:
         return np.iinfo(np.int64).max  # PIL's own limit refuses it: larger than any sensible setting
     except Exception:  # nibabel and PIL raise many types for damaged headers; the loader reports them
@@ -173,6 +179,8 @@ def classify(path: Path, root: Path, max_item_bytes: int = MAX_ITEM_BYTES) -> Fo
         size = claimed_bytes(path, fmt)
         if size > max_item_bytes:
             raise Unreadable(too_large(size, max_item_bytes))
+        if fmt == "nifti":
+            check_gzip_stream(path)
         return Found(relpath, path, fmt)
     try:
         return Found(relpath, path, "dicom", read_header(path, max_item_bytes))

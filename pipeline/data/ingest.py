@@ -429,8 +429,10 @@ DESCRIPTION = (
     "has its own row in rejected.csv: DICOM files whose pixel data does not decode are rejected one by one "
     "before series are assembled, copies of one SOPInstanceUID are kept once, two acquisitions in one series "
     "are split by AcquisitionNumber / EchoNumbers / TemporalPositionIdentifier / TriggerTime, and a DICOM "
-    "SEG becomes the mask of the series it references. Exit status: 0 when at least one item is accepted, 2 "
-    "when none is (or on a usage error), 1 with --strict when anything is rejected."
+    "SEG becomes the mask of the series it references. Links that leave --input, file names that are not "
+    "UTF-8 and headers claiming more than --max-item-bytes are rejected unread. Exit status: 0 when at "
+    "least one item is accepted, 2 when none is (or on a usage error), 1 with --strict when anything is "
+    "rejected."
 )
 LABELS_HELP = (
     "labels CSV: a 'label' column keyed by 'path' (file or series folder, relative to --input) or by "
