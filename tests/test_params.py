@@ -58,7 +58,8 @@ def test_shipped_params_are_valid_and_complete() -> None:
         ("data.class_names", ["glioma", "notumor"], "comma-separated"),
         ("runtime.device", "tpu", "'auto', 'cpu'"),
         ("model.image_size", 50, "cannot take it"),
-        ("model.image_size", 4, "integer >= 8"),
+        ("model.image_size", 4, "integer from 16 to 1024"),
+        ("model.image_size", 2048, "integer from 16 to 1024"),
         ("evaluate.n_bootstrap", -5, "integer >= 0"),
         ("efficiency.fractions", [0.1, 0.0], "item 0.0 must be a fraction in (0, 1]"),
         ("efficiency.seeds", [], "non-empty list"),
@@ -141,9 +142,9 @@ def test_network_check_is_skipped_only_when_asked(tmp_path: Path, capsys: pytest
     params_file = tmp_path / "params.yaml"
     marker = tmp_path / "ran.txt"
     command = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ran')"]
-    params_file.write_text(yaml.safe_dump(with_value("model.image_size", 9)))  # too small for the networks
+    params_file.write_text(yaml.safe_dump(with_value("model.image_size", 50)))  # the networks cannot take it
     assert stages_main(["exec", "--params", str(params_file), *command]) == 2
-    assert "model.image_size = 9" in capsys.readouterr().err and not marker.exists()
+    assert "model.image_size = 50" in capsys.readouterr().err and not marker.exists()
     # stages that build no network (demo data, split) start without building them
     assert stages_main(["exec", "--no-network-check", "--params", str(params_file), *command]) == 0
     assert marker.read_text() == "ran"

@@ -8,6 +8,7 @@ from pipeline.bundle.distributed import (
     shutdown_distributed,
     world_size,
 )
+from pipeline.bundle.errors import BundleInputError, MissingInputError, readable_errors
 from pipeline.bundle.handlers import (
     EpochCSVLogger,
     EpochLossTerms,
@@ -27,10 +28,12 @@ from pipeline.bundle.workflow import check_overrides, executed_config
 from pipeline.tracking import repo_root
 
 __all__ = [
+    "BundleInputError",
     "EpochCSVLogger",
     "EpochLossTerms",
     "EpochSeeding",
     "KeptCheckpointReport",
+    "MissingInputError",
     "PeriodicReport",
     "ReshuffleOnRestart",
     "best_model_tracker",
@@ -50,6 +53,7 @@ __all__ = [
     "prepare_models_dir",
     "process_device",
     "rank",
+    "readable_errors",
     "repo_root",
     "shutdown_distributed",
     "training_epochs",
