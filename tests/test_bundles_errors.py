@@ -90,7 +90,7 @@ def test_inference_on_a_file_the_loaders_reject_names_it(tmp_path: Path) -> None
 
 
 def test_missing_split_file_says_how_to_make_it(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"split file .*none\.csv not found: .*pipeline split --output"):
+    with pytest.raises(FileNotFoundError, match=r"split file .*none\.csv not found: .*split --output"):
         check_split(tmp_path / "none.csv", CLASSES, ("train", "val"))
     # in a project, the stage of its dvc.yaml that writes the missing path
     project = tmp_path / "project"
