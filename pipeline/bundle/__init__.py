@@ -24,8 +24,7 @@ from pipeline.bundle.precision import precision_inferer
 from pipeline.bundle.preflight import check_choice, check_split, class_list, flag, load_teacher, load_trained
 from pipeline.bundle.resume import prepare_models_dir
 from pipeline.bundle.schedules import lr_schedule, training_epochs, weight_decay_groups
-from pipeline.bundle.workflow import check_overrides, executed_config
-from pipeline.tracking import repo_root
+from pipeline.bundle.workflow import bundle_root, check_overrides, executed_config
 
 __all__ = [
     "BundleInputError",
@@ -37,6 +36,7 @@ __all__ = [
     "PeriodicReport",
     "ReshuffleOnRestart",
     "best_model_tracker",
+    "bundle_root",
     "check_choice",
     "check_overrides",
     "check_split",
@@ -54,7 +54,6 @@ __all__ = [
     "process_device",
     "rank",
     "readable_errors",
-    "repo_root",
     "shutdown_distributed",
     "training_epochs",
     "weight_decay_groups",

@@ -62,6 +62,19 @@ def command_line(argv: Sequence[str] | None = None) -> tuple[tuple[str, ...], di
     return tuple(str(name) for name in config_file), overrides
 
 
+def bundle_root(bundle_name: str) -> str:
+    """The folder of the bundle being run: the parent of the ``configs`` folder of the first
+    ``--config_file`` of ``python -m monai.bundle run`` (any working directory), else (MONAI's Python
+    API) ``bundles/<bundle_name>`` next to the installed ``pipeline`` package. ``--bundle_root`` wins."""
+    found = command_line()
+    if found and found[0]:
+        configs = Path(found[0][0]).resolve().parent
+        return str(configs.parent if configs.name == "configs" else configs)
+    from pipeline.tracking import repo_root
+
+    return str(repo_root() / "bundles" / bundle_name)
+
+
 def _config_files_parser(config_files: Sequence[str], overrides: dict[str, Any]) -> ConfigParser:
     parser = ConfigParser(ConfigParser.load_config_files(list(config_files)))
     parser.update(overrides)
