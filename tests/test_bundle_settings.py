@@ -14,7 +14,7 @@ from bundle_testing import CLASSES, STUDENT, TEACHER, make_split
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from pipeline.bundle.errors import making_stage
-from pipeline.bundle.workflow import command_line
+from pipeline.bundle.workflow import command_line, executed_config
 from pipeline.params import flatten, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,3 +122,16 @@ def test_command_line_is_read_as_monai_reads_it() -> None:
     assert overrides == {"epochs": 3, "lr": 0.5, "train#trainer#amp": "false", "progress": True}
     assert command_line([main, "run", "--config_file", "a.json,b.json"])[0] == ("a.json", "b.json")
     assert command_line(["-m", "pytest"]) is None
+
+
+def test_executed_config_shows_the_settings_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    main = str(Path("/x/site-packages/monai/bundle/__main__.py"))
+    config = str(ROOT / TEACHER / "train.json")
+    monkeypatch.setattr("sys.argv", [main, "run", "--config_file", config, "--epochs", "2"])
+    executed = executed_config(PARAMS)
+    assert executed["epochs"] == 2  # the override
+    assert executed["lr"] == PARAMS["teacher.lr"]
+    assert executed["model_precision"] == PARAMS["runtime.model_precision"]
+    assert executed["bundle_root"].startswith("$")  # other expressions stay as written
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    assert executed_config(PARAMS) is None  # not a `monai.bundle run` command line

@@ -11,6 +11,7 @@ the overrides itself, so nothing is checked and no executed config is logged.
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,13 +83,30 @@ def _config_files_parser(config_files: Sequence[str], overrides: dict[str, Any])
     return parser
 
 
-def executed_config() -> dict | None:
-    """The config as run from the command line: all files merged, overrides applied, macros resolved
-    (None when the bundle was not started by ``python -m monai.bundle run``)."""
+SETTING = re.compile(r"\$@settings\[(?:'(?P<key>[\w.]+)'|@run_settings \+ '\.(?P<leaf>\w+)')\]")
+
+
+def _with_settings(config: Any, settings: dict[str, Any], run_settings: str | None) -> Any:
+    """``config`` with every item that is a plain ``@settings[...]`` read replaced by its value."""
+    if isinstance(config, dict):
+        return {key: _with_settings(value, settings, run_settings) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_with_settings(value, settings, run_settings) for value in config]
+    match = SETTING.fullmatch(config) if isinstance(config, str) else None
+    if match is None:
+        return config
+    return settings[match["key"] or f"{run_settings}.{match['leaf']}"]
+
+
+def executed_config(settings: dict[str, Any] | None = None) -> dict | None:
+    """The config as run from the command line: all files merged, overrides applied, macros resolved,
+    and the items read from ``settings`` (params.yaml) given their values (None when the bundle was not
+    started by ``python -m monai.bundle run``)."""
     found = command_line()
     if found is None or not found[0]:
         return None
-    return _config_files_parser(*found).get()
+    config = _config_files_parser(*found).get()
+    return _with_settings(config, settings, config.get("run_settings")) if settings else config
 
 
 def check_overrides(extra_known: Sequence[str] = ()) -> None:
