@@ -143,6 +143,19 @@ def registered_model_name(value: Any) -> str | None:
     return None if ok else "must be a name of letters, digits, '.', '_' and '-' (e.g. hdkd-student)"
 
 
+# Slices are resized to model.image_size: below 16 px the networks' 8x-downsampled stage-3 map has
+# under 2x2 cells (nothing for the student's 2x2 patches); above 1024 px one published-teacher forward
+# takes > 200 GFLOP and a batch of 16 no longer fits in a typical 16-32 GB machine.
+IMAGE_SIZE_LIMITS = (16, 1024)
+
+
+def pixels(value: Any) -> str | None:
+    """An image size in IMAGE_SIZE_LIMITS (the networks' own divisibility rules are checked later)."""
+    low, high = IMAGE_SIZE_LIMITS
+    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    return None if ok else f"must be an integer from {low} to {high} pixels"
+
+
 TRAINING: dict[str, Check] = {"epochs": count(1), "batch_size": count(1), "lr": positive, "seed": count(0)}
 
 
@@ -163,7 +176,7 @@ SCHEMA: dict[str, Check] = {
     "split.seed": count(0),
     "split.train_fraction": fraction,
     "model.profile": one_of(*PROFILE_NAMES),
-    "model.image_size": count(8),
+    "model.image_size": pixels,
     "model.in_channels": one_of(*CHANNELS),
     "model.augment": one_of("published", "light", "none"),
     **{f"teacher.{key}": check for key, check in TRAINING.items()},
@@ -217,6 +230,22 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ValueError(f"{path}: must hold a mapping of sections, got {type(params).__name__}")
     return params
+
+
+def bundle_settings(path: str | Path) -> dict[str, Any]:
+    """The checked settings of ``path`` (a params.yaml) as a flat ``{"section.key": value}`` dict: what
+    the bundle configs read (``@settings['student.epochs']``). Networks are not built here; the bundle
+    builds them itself and reports a size they cannot take."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(
+            "params_file",
+            str(path),
+            "not found: a bundle reads its settings from the project's params.yaml; pass "
+            "--params_file PATH (a params.yaml of this pipeline) or run the bundle inside its project",
+            source="bundle",
+        )
+    return validate(load_params(path), source=str(path), networks=False)
 
 
 def _check_network(flat: Mapping[str, Any], source: str) -> None:

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from bundle_testing import CLASSES, FAST, STUDENT, TEACHER, bundle_env, make_split, run_bundle
+import yaml
+from bundle_testing import CLASSES, FAST, ROOT, STUDENT, TEACHER, bundle_env, make_split, run_bundle
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -167,11 +168,9 @@ def _check_mlflow(trained: dict) -> None:
         }
     assert min(history("hdkd", "train_feature_kd")) > 0 and min(history("hdkd", "train_logit_kd")) > 0
     hdkd = runs["hdkd"].data.params
-    assert (hdkd["alpha"], hdkd["tau"], hdkd["feature_weight"], hdkd["kd_type"]) == (
-        "0.5",
-        "1.0",
-        "10.0",
-        "soft",
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())["distill"]  # the bundle's settings
+    assert (hdkd["alpha"], hdkd["tau"], hdkd["feature_weight"], hdkd["kd_type"]) == tuple(
+        str(shipped[key]) for key in ("alpha", "tau", "lambda", "type")
     )
     assert hdkd["optimizer"] == "AdamW" and runs["teacher"].data.params["optimizer"] == "Adam"
     config_file = client.download_artifacts(runs["hdkd"].info.run_id, "config.json", str(trained["root"]))

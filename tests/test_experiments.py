@@ -50,7 +50,9 @@ def test_a_cell_trains_every_arm_on_its_own_subset_with_equal_steps(tmp_path: Pa
     assert _option(baseline, "--variant") == "baseline" and "--teacher_ckpt" not in baseline
     for hdkd in (published, chosen):  # both distil from the cell's own teacher
         assert _option(hdkd, "--teacher_ckpt") == str(cell / "models" / "teacher" / "model.pt")
-    assert "--feature_weight" not in published and "--kd_type" not in published  # the bundle's defaults
+    # the published loss, given explicitly (the bundle alone reads params.yaml's distill.*)
+    assert _option(published, "--feature_weight") == "10.0" and _option(published, "--kd_type") == "soft"
+    assert _option(published, "--alpha") == "0.5" and _option(published, "--kd_reduction") == "published"
     assert _option(chosen, "--feature_weight") == "0.5"
     assert _option(chosen, "--kd_type") == params["distill"]["type"]
 

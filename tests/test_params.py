@@ -58,7 +58,8 @@ def test_shipped_params_are_valid_and_complete() -> None:
         ("data.class_names", ["glioma", "notumor"], "comma-separated"),
         ("runtime.device", "tpu", "'auto', 'cpu'"),
         ("model.image_size", 50, "cannot take it"),
-        ("model.image_size", 4, "integer >= 8"),
+        ("model.image_size", 4, "integer from 16 to 1024"),
+        ("model.image_size", 2048, "integer from 16 to 1024"),
         ("evaluate.n_bootstrap", -5, "integer >= 0"),
         ("efficiency.fractions", [0.1, 0.0], "item 0.0 must be a fraction in (0, 1]"),
         ("efficiency.seeds", [], "non-empty list"),
@@ -141,9 +142,9 @@ def test_network_check_is_skipped_only_when_asked(tmp_path: Path, capsys: pytest
     params_file = tmp_path / "params.yaml"
     marker = tmp_path / "ran.txt"
     command = ["--", sys.executable, "-c", f"open({str(marker)!r}, 'w').write('ran')"]
-    params_file.write_text(yaml.safe_dump(with_value("model.image_size", 9)))  # too small for the networks
+    params_file.write_text(yaml.safe_dump(with_value("model.image_size", 50)))  # the networks cannot take it
     assert stages_main(["exec", "--params", str(params_file), *command]) == 2
-    assert "model.image_size = 9" in capsys.readouterr().err and not marker.exists()
+    assert "model.image_size = 50" in capsys.readouterr().err and not marker.exists()
     # stages that build no network (demo data, split) start without building them
     assert stages_main(["exec", "--no-network-check", "--params", str(params_file), *command]) == 0
     assert marker.read_text() == "ran"
@@ -151,3 +152,39 @@ def test_network_check_is_skipped_only_when_asked(tmp_path: Path, capsys: pytest
     params_file.write_text(yaml.safe_dump(with_value("split.seed", -1)))
     assert stages_main(["exec", "--no-network-check", "--params", str(params_file), *command]) == 2
     assert "split.seed" in capsys.readouterr().err
+
+
+def test_class_names_set_as_an_experiment_need_the_documented_quotes(tmp_path: Path) -> None:
+    """`dvc exp run -S data.class_names=a,b,c` is a sweep of three experiments (DVC's hydra parser);
+    the quoting params.yaml and the README give sets one valid value."""
+    from dvc.utils.hydra import apply_overrides, get_hydra_sweeps
+
+    assert len(get_hydra_sweeps({"params.yaml": ["data.class_names=a,b,c"]})) == 3
+    quoted = "data.class_names='glioma,pituitary'"
+    assert get_hydra_sweeps({"params.yaml": [quoted]}) == [{"params.yaml": [quoted]}]
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(params_file, [quoted])
+    assert validate(load_params(params_file), networks=False)["data.class_names"] == "glioma,pituitary"
+    assert quoted.replace("glioma,pituitary", "a,b,c") in (ROOT / "params.yaml").read_text().replace('"', "")
+
+
+def test_ingest_stops_on_a_class_without_data_naming_the_labels_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.data.ingest import main as ingest_main
+
+    for label in ("glioma", "notumor", "other"):
+        (tmp_path / "raw" / label).mkdir(parents=True)
+        for i in range(2):
+            pixels = (np.random.default_rng(i).random((16, 16)) * 255).astype("uint8")
+            Image.fromarray(pixels).save(tmp_path / "raw" / label / f"p{i}.png")
+    arguments = ["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--no-progress"]
+    assert ingest_main([*arguments, "--classes", "glioma,notumor,pituitary"]) == 2
+    error = capsys.readouterr().err
+    assert "--classes ['pituitary'] match no image" in error
+    assert "labels found: ['glioma', 'notumor', 'other']" in error
+    assert ingest_main([*arguments, "--classes", "glioma,notumor"]) == 0  # 'other' is only rejected

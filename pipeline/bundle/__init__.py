@@ -8,6 +8,7 @@ from pipeline.bundle.distributed import (
     shutdown_distributed,
     world_size,
 )
+from pipeline.bundle.errors import BundleInputError, MissingInputError, readable_errors
 from pipeline.bundle.handlers import (
     EpochCSVLogger,
     EpochLossTerms,
@@ -30,17 +31,19 @@ from pipeline.bundle.preflight import (
 )
 from pipeline.bundle.resume import prepare_models_dir
 from pipeline.bundle.schedules import lr_schedule, training_epochs, weight_decay_groups
-from pipeline.bundle.workflow import check_overrides, executed_config
-from pipeline.tracking import repo_root
+from pipeline.bundle.workflow import bundle_root, check_overrides, executed_config
 
 __all__ = [
+    "BundleInputError",
     "EpochCSVLogger",
     "EpochLossTerms",
     "EpochSeeding",
     "KeptCheckpointReport",
+    "MissingInputError",
     "PeriodicReport",
     "ReshuffleOnRestart",
     "best_model_tracker",
+    "bundle_root",
     "check_choice",
     "check_overrides",
     "check_split",
@@ -56,7 +59,7 @@ __all__ = [
     "prepare_models_dir",
     "process_device",
     "rank",
-    "repo_root",
+    "readable_errors",
     "shutdown_distributed",
     "trained_settings",
     "training_epochs",

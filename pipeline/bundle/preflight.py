@@ -9,21 +9,21 @@ from typing import Any
 
 from torch import nn
 
+from pipeline.bundle.errors import BundleInputError, MissingInputError, missing
 from pipeline.data.datasets import load_split
 from pipeline.networks import NetworkSettings, load_weights, read_settings
 
 TRUE_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-TEACHER_HOWTO = (
-    "train the teacher first: `python -m monai.bundle run --config_file bundles/hdkd_teacher/configs/"
-    "train.json` with the same --profile / class settings (or `dvc repro train_teacher`), or point "
-    "--teacher_ckpt at its model.pt"
+TEACHER_TRAINING = (
+    "`python -m monai.bundle run --config_file bundles/hdkd_teacher/configs/train.json --models_dir DIR` "
+    "writes DIR/model.pt"
 )
 
 
 def check_choice(key: str, value: Any, choices: Collection[str]) -> str:
     """``value`` if it is one of ``choices``, else a ValueError naming the key and the choices."""
     if value not in choices:
-        raise ValueError(f"--{key} must be one of {sorted(choices)}, got {value!r}")
+        raise BundleInputError(f"--{key} must be one of {sorted(choices)}, got {value!r}")
     return value
 
 
@@ -36,7 +36,9 @@ def class_list(class_names: Sequence[str] | str) -> list[str]:
         else list(class_names)
     )
     if len(names) < 2 or len(set(names)) != len(names) or not all(names):
-        raise ValueError(f"--class_names must be at least two distinct, non-empty names, got {class_names!r}")
+        raise BundleInputError(
+            f"--class_names must be at least two distinct, non-empty names, got {class_names!r}"
+        )
     return names
 
 
@@ -47,35 +49,43 @@ def flag(key: str, value: Any) -> bool:
         return value
     word = str(value).strip().lower()
     if word not in TRUE_WORDS:
-        raise ValueError(f"--{key} must be true or false, got {value!r}")
+        raise BundleInputError(f"--{key} must be true or false, got {value!r}")
     return TRUE_WORDS[word]
 
 
 def check_split(
-    split_file: str | Path, class_names: Sequence[str], splits: Sequence[str], min_items: int = 1
+    split_file: str | Path,
+    class_names: Sequence[str],
+    splits: Sequence[str],
+    min_items: int = 1,
+    project_dir: str | Path = ".",
 ) -> dict[str, int]:
     """Load each of ``splits`` from ``split_file`` (the data layer's errors name the file for a missing
     file, an unknown split, an empty split or an unknown label), check that every image exists and that
-    the first split has at least ``min_items`` images (a full training batch). Returns the sizes."""
+    the first split has at least ``min_items`` images (a full training batch). Returns the sizes. A
+    missing file names the stage of ``project_dir``'s dvc.yaml that makes it."""
     path = Path(split_file)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"split file {path} does not exist: produce it with `dvc repro split` (or `python -m pipeline "
-            "split ...`), or pass --split_file PATH / --dataset_dir DIR"
+        raise missing(
+            "split file", path, project_dir, f"`python -m pipeline split --output {path} ...` makes it",
+            "--split_file",
         )
     sizes = {}
     for split in splits:
-        items = load_split(path, split, list(class_names))
-        missing = [item["image"] for item in items if not Path(item["image"]).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} image(s) of the '{split}' split listed in {path} do not exist, e.g. "
-                f"{missing[0]}; re-run `dvc repro slices split` or fix the CSV"
+        try:
+            items = load_split(path, split, list(class_names))
+        except ValueError as error:
+            raise BundleInputError(str(error)) from None
+        absent = [item["image"] for item in items if not Path(item["image"]).is_file()]
+        if absent:
+            raise MissingInputError(
+                f"{len(absent)} image(s) of the '{split}' split listed in {path} do not exist, e.g. "
+                f"{absent[0]}; re-run `dvc repro slices split` or fix the CSV"
             )
         sizes[split] = len(items)
     first = splits[0]
     if sizes[first] < min_items:
-        raise ValueError(
+        raise BundleInputError(
             f"the '{first}' split of {path} has {sizes[first]} images, fewer than one batch "
             f"({min_items}); lower --batch_size or add data"
         )
@@ -83,24 +93,28 @@ def check_split(
 
 
 def load_teacher(
-    teacher: nn.Module, checkpoint: str | Path, expected: NetworkSettings | None = None
+    teacher: nn.Module,
+    checkpoint: str | Path,
+    expected: NetworkSettings | None = None,
+    project_dir: str | Path = ".",
 ) -> nn.Module:
-    """``teacher`` with the weights of ``checkpoint`` loaded strictly; a missing file, a checkpoint whose
-    recorded settings differ from ``expected`` (the teacher the config builds) or one of another
-    architecture / class count is an error saying how to produce the right one."""
+    """``teacher`` with the weights of ``checkpoint`` loaded strictly; a missing file (named with the
+    stage of ``project_dir``'s dvc.yaml that makes it), a checkpoint whose recorded settings differ from
+    ``expected`` (the teacher the config builds) or one of another architecture / class count is an error
+    saying how to produce the right one."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"teacher weights {path} not found: {TEACHER_HOWTO}")
+        raise missing("teacher weights", path, project_dir, TEACHER_TRAINING, "--teacher_ckpt")
     try:
         if expected is not None:
             read_settings(path).check(f"teacher checkpoint {path}", **expected.state_dict())
         return load_weights(teacher, path)
     except ValueError as error:
-        raise ValueError(
+        raise BundleInputError(
             f"teacher weights {path} do not fit the teacher this config builds "
             f"({teacher.num_classes} classes, {teacher.in_channels} channels, {teacher.image_size} px): "
-            f"{error}. Was it trained with another --profile or class list? {TEACHER_HOWTO}"
-        ) from error
+            f"{error}. Was it trained with other model settings or classes? {TEACHER_TRAINING}"
+        ) from None
 
 
 def trained_settings(
@@ -109,17 +123,21 @@ def trained_settings(
     role: str,
     profile: str | None = None,
     class_names: Sequence[str] | str | None = None,
+    project_dir: str | Path = ".",
 ) -> NetworkSettings:
     """The network settings recorded in the bundle's trained checkpoint, from which evaluation and
     inference rebuild the network. ``role`` (the bundle variant's) and the explicit ``profile`` /
-    ``class_names`` (None: the checkpoint's) must agree with the record; a missing file is an error saying
-    how to train it or where to point ``--ckpt_path``."""
+    ``class_names`` (None: the checkpoint's) must agree with the record; a missing file is an error naming
+    the command that trains it or where to point ``--ckpt_path``."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"trained weights {path} not found: train them first with `python -m monai.bundle run "
-            f"--config_file bundles/{bundle_name}/configs/train.json` (same --variant / --models_dir "
-            "overrides), or pass --ckpt_path PATH"
+        training = (
+            f"`python -m monai.bundle run --config_file bundles/{bundle_name}/configs/train.json` "
+            "(same --variant / --models_dir) writes it"
         )
+        raise missing("trained weights", path, project_dir, training, "--ckpt_path")
     names = None if class_names is None else class_list(class_names)
-    return read_settings(path).check(f"checkpoint {path}", role=role, profile=profile, class_names=names)
+    try:
+        return read_settings(path).check(f"checkpoint {path}", role=role, profile=profile, class_names=names)
+    except ValueError as error:
+        raise BundleInputError(str(error)) from None

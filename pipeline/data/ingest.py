@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -538,6 +539,14 @@ def main(argv: list[str] | None = None) -> int:
     print(_summary(source.name, result, output))
     if not result.rows:
         print(f"ingest: error: no usable image under {args.input}; see {output / REJECTED_NAME} for why",
+              file=sys.stderr)
+        return 2
+    absent = [name for name in classes or () if name not in info["classes"]]
+    if absent:
+        unlisted = sorted({m[1] for _, reason in result.rejected
+                           if (m := re.match(r"label '(.+)' is not in --classes", reason))})
+        print(f"ingest: error: --classes {absent} match no image under {args.input}; labels found: "
+              f"{info['classes'] + unlisted} (set data.class_names to the labels of the data)",
               file=sys.stderr)
         return 2
     if args.strict and result.rejected:

@@ -38,9 +38,25 @@ def _exec(args: argparse.Namespace) -> int:
     return code
 
 
+# report option -> the params.yaml key it defaults to with --params
+REPORT_SETTINGS = {
+    "profile": "model.profile", "image_size": "model.image_size", "in_channels": "model.in_channels",
+    "class_names": "data.class_names", "latency_runs": "evaluate.latency_runs",
+    "n_bootstrap": "evaluate.n_bootstrap",
+}  # fmt: skip
+
+
 def _report(args: argparse.Namespace) -> int:
     from pipeline.evaluate.metrics import PAIRED
+    from pipeline.params import load_params, validate
     from pipeline.stages.report import write_report
+
+    settings = validate(load_params(args.params), str(args.params), networks=False) if args.params else {}
+    for option, key in REPORT_SETTINGS.items():
+        if getattr(args, option) is None:
+            if key not in settings:
+                raise ValueError(f"--{option.replace('_', '-')} or --params is required")
+            setattr(args, option, settings[key])
 
     metrics = write_report(
         split_names(args.models),
@@ -164,11 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--models-dir", type=Path, required=True, help="holds <model>/training_log.csv")
     report.add_argument("--metrics-dir", type=Path, required=True, help="where <model>.json goes")
     report.add_argument("--plots-dir", type=Path, required=True, help="where the plots go")
-    report.add_argument("--profile", required=True, help="network profile (demo or published)")
-    report.add_argument("--image-size", type=int, required=True)
-    report.add_argument("--in-channels", type=int, required=True)
-    report.add_argument("--class-names", required=True, help="comma-separated class names")
-    report.add_argument("--latency-runs", type=int, default=20, help="timed CPU passes (default %(default)s)")
+    report.add_argument(
+        "--params", type=Path, help="params.yaml: the default of every option below marked (params)"
+    )
+    report.add_argument("--profile", help="network profile, demo or published (params: model.profile)")
+    report.add_argument("--image-size", type=int, help="(params: model.image_size)")
+    report.add_argument("--in-channels", type=int, help="(params: model.in_channels)")
+    report.add_argument("--class-names", help="comma-separated class names (params: data.class_names)")
+    report.add_argument("--latency-runs", type=int, help="timed CPU passes (params: evaluate.latency_runs)")
     report.add_argument(
         "--paired",
         default=f"{HDKD},{BASELINE}",
@@ -176,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         "patient-bootstrap CI ('' for none; default %(default)s)",
     )
     report.add_argument(
-        "--n-bootstrap", type=int, default=1000, help="paired bootstrap resamples (default %(default)s)"
+        "--n-bootstrap", type=int, help="paired bootstrap resamples (params: evaluate.n_bootstrap)"
     )
     report.add_argument(
         "--seed",

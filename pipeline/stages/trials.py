@@ -16,6 +16,7 @@ commands run one after another in this process (:func:`pipeline.stages.launcher.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Mapping
@@ -39,6 +40,9 @@ MAIN_TEACHER = MAIN_TEACHER_DIR / "model.pt"
 SLICES = "data/slices/slices.csv"
 PUBLISHED_NOTE = "same_as_published.txt"
 VALIDATION_METRIC = "val_balanced_accuracy"
+# distill.* key -> HDKDLoss argument (= bundle option); HDKDLoss's defaults are the published loss
+DISTILL_OPTIONS = {"type": "kd_type", "kd_reduction": "kd_reduction", "alpha": "alpha", "tau": "tau",
+                   "lambda": "feature_weight"}  # fmt: skip
 LAMBDA_RUN = re.compile(r"l(?P<weight>[0-9.e+-]+)_s(?P<seed>[0-9]+)")
 LAMBDA_RULE = (
     "the highest mean over seeds of the best-epoch validation balanced accuracy (the epoch whose weights "
@@ -68,6 +72,15 @@ def _model_options(params: Mapping[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
+def published_distillation() -> dict[str, Any]:
+    """The published distillation settings as bundle options: the defaults of ``HDKDLoss`` (checked
+    against the paper's formulas in tests/test_published_loss.py)."""
+    from pipeline.distill import HDKDLoss
+
+    defaults = inspect.signature(HDKDLoss).parameters
+    return {option: defaults[option].default for option in DISTILL_OPTIONS.values()}
+
+
 def train_command(
     params: Mapping[str, Any],
     role: str,
@@ -82,14 +95,17 @@ def train_command(
     **overrides: Any,
 ) -> list[str]:
     """``monai.bundle run`` training one network (``role`` teacher or student; a student ``variant``
-    baseline or hdkd). ``distill`` passes params.yaml's ``distill.*`` (else the bundle's published
-    defaults); ``overrides`` are bundle options that win over params.yaml."""
+    baseline or hdkd). ``distill`` passes params.yaml's ``distill.*``, else an hdkd student gets the
+    published settings (the bundle alone would read params.yaml's); ``overrides`` are bundle options that
+    win over params.yaml."""
     command = ["python", "-m", "monai.bundle", "run", "--config_file", f"{BUNDLES[role]}/configs/train.json"]
     if variant:
         command += ["--variant", variant]
     if teacher_ckpt:
         command += ["--teacher_ckpt", str(teacher_ckpt)]
     sections = ("teacher",) if role == "teacher" else ("student", "distill") if distill else ("student",)
+    if variant == "hdkd" and not distill:
+        overrides = {**published_distillation(), **overrides}
     command += _options(params, *sections, seed=seed, steps_per_epoch=steps_per_epoch, **overrides)
     return [
         *command, "--split_file", str(split_file), "--models_dir", str(models_dir), "--run_name", run_name,
@@ -122,16 +138,12 @@ def evaluate_command(
 
 
 def published_is_shipped(params: Mapping[str, Any]) -> bool:
-    """True when params.yaml's ``distill.*`` equal the student bundle's (published) defaults, so the two
-    HDKD arms of a cell would be the same run."""
-    from monai.bundle import ConfigParser
-
-    config = ConfigParser()
-    config.read_config(f"{BUNDLES['student']}/configs/train.json")
-    shipped = _options(params, "distill")
-    for name, value in zip(shipped[::2], shipped[1::2], strict=True):
-        default = config.get(name[2:])
-        if str(default) != value and not _same_number(default, value):
+    """True when params.yaml's ``distill.*`` equal the published settings, so the two HDKD arms of a
+    cell would be the same run."""
+    published = published_distillation()
+    for key, option in DISTILL_OPTIONS.items():
+        value = str(flatten(params)[f"distill.{key}"])
+        if str(published[option]) != value and not _same_number(published[option], value):
             return False
     return True
 

@@ -199,7 +199,8 @@ def start_run(
     The run is a child of ``HDKD_MLFLOW_PARENT_RUN_ID`` when that is set and carries its provenance
     (pipeline.tracking.provenance: user, ``source`` -- e.g. the bundle config --, git commit, DVC stage and
     data hashes; ``tags`` win); ``params`` are flattened and logged; ``artifacts`` maps a file name to
-    JSON-ready content logged as a JSON artifact (e.g. the executed config). With ``run_id_file`` the id
+    JSON-ready content logged as a JSON artifact (e.g. the executed config; None is not
+    logged). With ``run_id_file`` the id
     is written there; with ``resume`` as well, the run recorded in that file is continued (a training run
     resumed from its checkpoint keeps one run).
     """
@@ -221,6 +222,8 @@ def start_run(
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     _opened.add((uri, run_id))
     for name, content in (artifacts or {}).items():
+        if content is None:  # e.g. no executed config: the bundle was run from MONAI's Python API
+            continue
         client.log_text(run_id, json.dumps(content, indent=2, default=str), name)
     if run_id_file:
         Path(run_id_file).parent.mkdir(parents=True, exist_ok=True)
