@@ -16,6 +16,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from pipeline.bundle.errors import making_stage
 from pipeline.bundle.workflow import command_line, executed_config
 from pipeline.params import flatten, load_params
+from pipeline.stages.__main__ import REPORT_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -60,8 +61,10 @@ def test_each_stage_lists_exactly_the_settings_its_bundles_read(stage: str) -> N
     covered = {key for key in PARAMS if any(key == entry or key.startswith(entry + ".") for entry in listed)}
     assert read <= covered, f"{stage} reads {sorted(read - covered)} but dvc.yaml does not list them"
     # nothing listed that none of its commands reads (a change would re-run the stage for nothing),
-    # apart from the keys the non-bundle commands of the stage read on their command line
+    # apart from the keys the non-bundle commands of the stage read (command line, the report's --params)
     command_keys = set(re.findall(r"\$\{([\w.]+)\}", STAGES[stage]["cmd"]))
+    if "pipeline.stages report" in STAGES[stage]["cmd"]:  # the report reads its settings from --params
+        command_keys |= set(REPORT_SETTINGS.values())
     for entry in listed:
         used = {key for key in read | command_keys if key == entry or key.startswith(entry + ".")}
         assert used, f"{stage} lists {entry} but reads none of it"

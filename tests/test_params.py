@@ -182,7 +182,8 @@ def test_ingest_stops_on_a_class_without_data_naming_the_labels_found(
         for i in range(2):
             pixels = (np.random.default_rng(i).random((16, 16)) * 255).astype("uint8")
             Image.fromarray(pixels).save(tmp_path / "raw" / label / f"p{i}.png")
-    arguments = ["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--no-progress"]
+    arguments = ["--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--no-progress",
+                 "--salt", "a-secret-salt-of-this-test"]
     assert ingest_main([*arguments, "--classes", "glioma,notumor,pituitary"]) == 2
     error = capsys.readouterr().err
     assert "--classes ['pituitary'] match no image" in error

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from bundle_testing import TEACHER, bundle_env, make_split, run_bundle
+from bundle_testing import CLASSES, TEACHER, bundle_env, make_split, run_bundle, save_checkpoint
 from mlflow.tracking import MlflowClient
 
-from pipeline.networks import build_network
+from pipeline.networks import NetworkSettings
 
 
 def _runs(store: Path) -> dict[str, str]:
@@ -60,12 +59,15 @@ def test_an_evaluation_bundle_that_fails_midway_ends_failed(tmp_path):
     split = make_split(tmp_path / "data", {"train": 1, "val": 1, "test": 2})
     models = tmp_path / "models"
     models.mkdir()
-    torch.save(build_network("teacher", "demo", num_classes=4).state_dict(), models / "model.pt")
+    settings = NetworkSettings(
+        role="teacher", profile="demo", image_size=64, in_channels=1, class_names=CLASSES
+    )
+    save_checkpoint(settings.build(), settings, models)
     # a test slice broken after the split was made: the evaluator fails on it after its run has started
     (tmp_path / "data" / "slices" / "test_5.npy").write_bytes(b"not an array")
     assert np.load(tmp_path / "data" / "slices" / "test_4.npy").shape == (1, 32, 32)
     store = tmp_path / "mlflow.db"
-    result = run_bundle(f"{TEACHER}/evaluate.json", "--profile", "demo", "--split_file", str(split),
+    result = run_bundle(f"{TEACHER}/evaluate.json", "--split_file", str(split),
                         "--models_dir", str(models), "--output_dir", str(tmp_path / "eval"),
                         env=bundle_env(store), check=False)
     assert result.returncode != 0
