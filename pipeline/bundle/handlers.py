@@ -1,7 +1,7 @@
 """Ignite handlers the bundle configs attach to the trainer: per-epoch seeding (so a resumed run
 repeats an uninterrupted one exactly), per-epoch means of each loss term plus the learning rate (picked
 up by StatsHandler and MLFlowHandler from ``engine.state.metrics``), the validation report of the kept
-checkpoint, and early-stopping wiring."""
+checkpoint, the atomic disk saver of ``model.pt``, and early-stopping wiring."""
 
 from __future__ import annotations
 
