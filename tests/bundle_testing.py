@@ -21,22 +21,20 @@ FAST = ("--profile", "demo", "--batch_size", "8", "--progress", "false")
 
 
 def save_checkpoint(network: Any, settings: Any, folder: Path, name: str = "model.pt") -> Path:
-    """``folder/name`` written as the training bundles write ``model.pt``, without training: MONAI's
-    ``CheckpointSaver`` with the bundles' ``save_dict`` (the network and its ``NetworkSettings``), fired by
-    a one-iteration ignite engine."""
-    from ignite.engine import Engine
-    from monai.handlers import CheckpointSaver
+    """``folder/name`` written as the training bundles write ``model.pt``, without training: ignite's
+    ``Checkpoint`` with the bundles' ``to_save`` (the network and its ``NetworkSettings``) and atomic disk
+    saver, fired by a one-iteration ignite engine."""
+    from ignite.engine import Engine, Events
+    from ignite.handlers import Checkpoint
 
+    from pipeline.bundle import FixedNameDiskSaver
     from pipeline.networks import SETTINGS_KEY
 
-    saver = CheckpointSaver(
-        save_dir=str(folder),
-        save_dict={"network": network, SETTINGS_KEY: settings},
-        save_final=True,
-        final_filename=name,
+    checkpoint = Checkpoint(
+        {"network": network, SETTINGS_KEY: settings}, FixedNameDiskSaver(folder), filename_pattern=name
     )
     engine = Engine(lambda engine, batch: None)
-    saver.attach(engine)
+    engine.add_event_handler(Events.COMPLETED, checkpoint)
     engine.run([0], max_epochs=1)
     return folder / name
 

@@ -30,8 +30,8 @@ def _complete(checkpoint: Path) -> bool:
 
 
 def _kill_after_first_checkpoint(split: Path, models: Path, env: dict[str, str]) -> None:
-    """Start training and SIGKILL it as soon as the epoch-1 checkpoint is complete (MONAI writes it in
-    place, so wait until it loads)."""
+    """Start training and SIGKILL it as soon as the epoch-1 checkpoint loads (it is renamed into place
+    once complete)."""
     process = subprocess.Popen(
         bundle_command("run", f"{TEACHER}/train.json", *_train_args(split, models)),
         cwd=ROOT,

@@ -1,7 +1,7 @@
 """Ignite handlers the bundle configs attach to the trainer: per-epoch seeding (so a resumed run
 repeats an uninterrupted one exactly), per-epoch means of each loss term plus the learning rate (picked
 up by StatsHandler and MLFlowHandler from ``engine.state.metrics``), the validation report of the kept
-checkpoint, and early-stopping wiring."""
+checkpoint, the atomic disk saver of ``model.pt``, and early-stopping wiring."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint
+from ignite.handlers import DiskSaver
 from ignite.metrics import Average
 from monai.data.utils import set_rnd
-from monai.handlers import CheckpointSaver, EarlyStopHandler
+from monai.handlers import EarlyStopHandler
 
 from pipeline.atomic import atomic_open
 from pipeline.distill.trainer import loss_terms_transform
@@ -199,9 +199,9 @@ class KeptCheckpointReport:
 
     Attached to the trainer, it collects ``report``'s predictions (a ClassificationReportHandler) at every
     validation epoch of ``evaluator`` and keeps those of each epoch whose ``key_metric`` beats every earlier
-    one -- the rule of MONAI's ``CheckpointSaver(save_key_metric=True)``, which replaces ``model.pt`` only
-    on a strictly better score. When training completes it writes the report of the kept epoch (its
-    metrics in ``evaluator.state.metrics`` under the report's prefix, e.g. ``best_val_``) and
+    one -- the rule of the bundles' best-model ``Checkpoint`` (``greater_or_equal=False``), which replaces
+    ``model.pt`` only on a strictly better score. When training completes it writes the report of the
+    kept epoch (its metrics in ``evaluator.state.metrics`` under the report's prefix, e.g. ``best_val_``) and
     :meth:`metrics` returns ``best_epoch`` and the kept epoch's scores for logging. Its state (kept epoch,
     scores and predictions) goes into the per-epoch training checkpoint, so a resumed run keeps it.
     """
@@ -257,17 +257,17 @@ def logits_and_labels(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return output["pred"].float(), output["label"].reshape(-1).long()
 
 
-def best_model_tracker(saver: CheckpointSaver | None) -> Checkpoint | None:
-    """The ignite ``Checkpoint`` inside a MONAI ``CheckpointSaver(save_key_metric=True)`` that remembers the
-    best score so far (None for a disabled saver, e.g. on DDP ranks > 0). Saved in, and restored from, the
-    per-epoch training checkpoint, so that a resumed run only replaces ``model.pt`` with a better model,
-    as the uninterrupted run would."""
-    if saver is None:
-        return None
-    tracker = saver._key_metric_checkpoint
-    if tracker is None:
-        raise ValueError("the CheckpointSaver does not save by key metric (save_key_metric=False)")
-    return tracker
+class FixedNameDiskSaver(DiskSaver):
+    """Ignite's atomic ``DiskSaver`` for a ``Checkpoint`` whose ``filename_pattern`` is a fixed name
+    (``model.pt``): each save goes to a temporary file renamed over the old one, so the Checkpoint's
+    removal of its previous file (the same name) is skipped, and a failed save leaves the previous complete
+    file instead of none."""
+
+    def __init__(self, dirname: str | Path) -> None:
+        super().__init__(dirname, atomic=True, require_empty=False)
+
+    def remove(self, filename: str) -> None:
+        """Keep ``filename``: the next save replaces it atomically."""
 
 
 def link_early_stopping(handler: EarlyStopHandler | None, trainer: Engine) -> None:

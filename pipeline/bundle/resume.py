@@ -11,7 +11,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# written by the trainer's CheckpointSaver (save_interval=1, n_saved=1): checkpoint_epoch=<N>.pt
+# written by the trainer's per-epoch ignite Checkpoint (train#checkpoint, n_saved=1): checkpoint_epoch=<N>.pt
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
 RUN_ID_FILE = "mlflow_run_id.txt"
 
@@ -28,8 +28,8 @@ def epoch_checkpoints(models_dir: str | Path) -> list[Path]:
 
 
 def _trainer_progress(path: Path) -> tuple[int, int] | None:
-    """(completed epochs, max_epochs) recorded in a training checkpoint; None for a file cut short (a run
-    killed while MONAI's CheckpointSaver, which writes in place, was writing it)."""
+    """(completed epochs, max_epochs) recorded in a training checkpoint; None for a file cut short (written
+    in place by an earlier version of the bundles that was killed mid-write, or damaged since)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (EOFError, RuntimeError, pickle.UnpicklingError) as error:

@@ -15,7 +15,7 @@ from pipeline.networks.factory import NetworkSettings
 
 NETWORK_KEYS = ("network", "model")
 # the entry of a training checkpoint that holds NetworkSettings.state_dict(): the save_dict key of the
-# bundles' CheckpointSavers (bundles/common/hdkd_common.json)
+# bundles' ignite Checkpoints (bundles/common/hdkd_common.json)
 SETTINGS_KEY = "network_settings"
 LISTED = 8
 
