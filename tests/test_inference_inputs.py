@@ -15,7 +15,7 @@ from PIL import Image
 from test_ingest_factory import palette_dataset, phantom, save_dicom, write_seg, write_series
 
 from pipeline.bundle.inference import DEMO_WARNING, LUMINANCE, model_provenance, predict, to_channels
-from pipeline.demo.cohort import MARKER
+from pipeline.demo.cohort import MARKER, generate_cohort
 from pipeline.networks import build_network
 
 CLASSES = ["glioma", "meningioma", "pituitary", "notumor"]
@@ -95,9 +95,8 @@ def test_provenance_says_a_demo_trained_model_saw_synthetic_data(network, tmp_pa
     checkpoint = tmp_path / "model.pt"
     torch.save(network.state_dict(), checkpoint)
     demo, ingested = tmp_path / "data" / "demo", tmp_path / "data" / "ingested"
-    demo.mkdir(parents=True)
+    generate_cohort(demo, cases=4, seed=0, progress=False)  # a real demo cohort: its marker lists its files
     ingested.mkdir()
-    (demo / MARKER).write_text("{}")
     (ingested / "ingest.json").write_text(json.dumps({"input_root": "../demo"}))
     provenance = model_provenance(checkpoint, "hdkd_student", "demo", ingested / "ingest.json")
     assert provenance["trained_on_demo"] is True and provenance["warning"] == DEMO_WARNING

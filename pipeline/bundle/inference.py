@@ -34,7 +34,7 @@ from pipeline.data.manifest import MANIFEST_NAME, input_root
 from pipeline.data.privacy import HASH_CHARS
 from pipeline.data.slices import SkipItem, SliceSettings, image_slice, volume_slices
 from pipeline.data.transforms import eval_transforms
-from pipeline.demo.cohort import MARKER as DEMO_MARKER
+from pipeline.demo.cohort import is_demo_cohort
 from pipeline.engines import AUTO, select_engine
 from pipeline.evaluate.plots import safe_name
 
@@ -148,10 +148,10 @@ def item_id(files: Sequence[Path]) -> str:
 def model_provenance(ckpt_path: str | Path, bundle: str, profile: str, training_ingest: str | Path) -> dict:
     """What the model is, for predictions.json: checkpoint file and SHA-256, bundle, network profile and
     the training data, told from the ingest output the bundle trains on (``ingest.json``): whether its
-    input folder is the synthetic demo cohort (it holds the demo marker file)."""
+    input folder is the synthetic demo cohort (the rule ingest's salt check uses)."""
     info_path = Path(training_ingest)
     if info_path.is_file():
-        demo_cohort = (input_root(info_path.parent / MANIFEST_NAME) / DEMO_MARKER).is_file()
+        demo_cohort = is_demo_cohort(input_root(info_path.parent / MANIFEST_NAME))
         training_data = "synthetic demo cohort" if demo_cohort else "user cohort (not the demo)"
     else:
         demo_cohort, training_data = None, f"unknown: no {info_path.name} at {info_path.parent}"
