@@ -16,3 +16,10 @@ KD_REDUCTIONS = ("published", "batchmean")
 LR_SCHEDULES = ("constant", "cosine")
 # input channels the networks and the slice reader take (grey or RGB)
 CHANNELS = (1, 3)
+# augmentation recipes of model.augment: each changes train_transforms' published defaults
+# (pipeline.data.transforms) by these keyword arguments; "published" changes nothing
+AUGMENTATIONS: dict[str, dict[str, float]] = {
+    "published": {},
+    "light": {"rotate_degrees": 20.0, "sharpen_prob": 0.0, "blur_prob": 0.0},
+    "none": {"rotate_prob": 0.0, "flip_prob": 0.0, "jitter_prob": 0.0, "sharpen_prob": 0.0, "blur_prob": 0.0},
+}

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from pipeline.choices import CHANNELS, KD_REDUCTIONS, KD_TYPES, LR_SCHEDULES, PROFILE_NAMES
+from pipeline.choices import AUGMENTATIONS, CHANNELS, KD_REDUCTIONS, KD_TYPES, LR_SCHEDULES, PROFILE_NAMES
 
 PARAMS_FILE = "params.yaml"
 
@@ -178,7 +178,7 @@ SCHEMA: dict[str, Check] = {
     "model.profile": one_of(*PROFILE_NAMES),
     "model.image_size": pixels,
     "model.in_channels": one_of(*CHANNELS),
-    "model.augment": one_of("published", "light", "none"),
+    "model.augment": one_of(*AUGMENTATIONS),
     **{f"teacher.{key}": check for key, check in TRAINING.items()},
     **{f"student.{key}": check for key, check in TRAINING.items()},
     "teacher.lr_schedule": one_of(*LR_SCHEDULES),

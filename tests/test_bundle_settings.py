@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from bundle_testing import CLASSES, STUDENT, TEACHER, make_split
+from mlflow import MlflowClient
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+import pipeline.tracking
 from pipeline.bundle.errors import making_stage
 from pipeline.bundle.workflow import command_line, executed_config
 from pipeline.params import flatten, load_params
@@ -113,6 +115,10 @@ def test_python_api_builds_the_trainer(tmp_path: Path, monkeypatch: pytest.Monke
     )
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.max_epochs == 1 and len(trainer.data_loader.dataset) == 16
+    # the run the trainer's MLflow handler opened never trained: marked FAILED here, as at exit
+    run_id = workflow.parser.get_parsed_content("mlflow_run_id")
+    pipeline.tracking.fail_unfinished_runs()
+    assert MlflowClient().get_run(run_id).info.status == "FAILED"
 
 
 def test_command_line_is_read_as_monai_reads_it() -> None:

@@ -47,29 +47,46 @@ def _options(arguments: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def command_line(argv: Sequence[str] | None = None) -> tuple[tuple[str, ...], dict[str, Any]] | None:
-    """(config files, overrides) of ``python -m monai.bundle run`` when that is this process's command
-    (overrides of an ``--args_file`` included, the command line winning), else None."""
+def _bundle_options(argv: Sequence[str] | None = None) -> tuple[str, dict[str, Any]] | None:
+    """(command, options) of ``python -m monai.bundle <command> ...`` when that is this process's command
+    line (the options of an ``--args_file`` included, the command line winning), else None."""
     argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or Path(argv[0]).parts[-3:] != MONAI_BUNDLE_MAIN or argv[1] != "run":
+    if len(argv) < 2 or Path(argv[0]).parts[-3:] != MONAI_BUNDLE_MAIN:
         return None
     options = _options(argv[2:])
     if options.get("args_file"):
         options = {**ConfigParser.load_config_file(options["args_file"]), **options}
+    return argv[1], options
+
+
+def _config_files(options: dict[str, Any]) -> tuple[str, ...]:
+    """The ``--config_file`` value(s) of a ``monai.bundle`` command line."""
     config_file = options.get("config_file") or ()
     if isinstance(config_file, str):
         config_file = tuple(name for name in config_file.split(",") if name)
+    return tuple(str(name) for name in config_file)
+
+
+def command_line(argv: Sequence[str] | None = None) -> tuple[tuple[str, ...], dict[str, Any]] | None:
+    """(config files, overrides) of ``python -m monai.bundle run`` when that is this process's command,
+    else None."""
+    found = _bundle_options(argv)
+    if found is None or found[0] != "run":
+        return None
+    options = found[1]
     overrides = {key: value for key, value in options.items() if key not in RUN_OPTIONS}
-    return tuple(str(name) for name in config_file), overrides
+    return _config_files(options), overrides
 
 
 def bundle_root(bundle_name: str) -> str:
     """The folder of the bundle being run: the parent of the ``configs`` folder of the first
-    ``--config_file`` of ``python -m monai.bundle run`` (any working directory), else (MONAI's Python
-    API) ``bundles/<bundle_name>`` next to the installed ``pipeline`` package. ``--bundle_root`` wins."""
-    found = command_line()
-    if found and found[0]:
-        configs = Path(found[0][0]).resolve().parent
+    ``--config_file`` of ``python -m monai.bundle <command>`` (``run``, ``verify_net_in_out``,
+    ``ckpt_export``, ...; any working directory), else (MONAI's Python API) ``bundles/<bundle_name>`` next
+    to the installed ``pipeline`` package. ``--bundle_root`` wins."""
+    found = _bundle_options()
+    config_files = _config_files(found[1]) if found else ()
+    if config_files:
+        configs = Path(config_files[0]).resolve().parent
         return str(configs.parent if configs.name == "configs" else configs)
     from pipeline.tracking import repo_root
 
