@@ -40,7 +40,6 @@ def _exec(args: argparse.Namespace) -> int:
 
 # report option -> the params.yaml key it defaults to with --params
 REPORT_SETTINGS = {
-    "profile": "model.profile", "image_size": "model.image_size", "in_channels": "model.in_channels",
     "class_names": "data.class_names", "latency_runs": "evaluate.latency_runs",
     "n_bootstrap": "evaluate.n_bootstrap",
 }  # fmt: skip
@@ -64,9 +63,6 @@ def _report(args: argparse.Namespace) -> int:
         args.models_dir,
         args.metrics_dir,
         args.plots_dir,
-        args.profile,
-        args.image_size,
-        args.in_channels,
         split_names(args.class_names),
         args.latency_runs,
         n_bootstrap=args.n_bootstrap,
@@ -177,15 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--models", default=",".join(MODELS), help="comma-separated (default %(default)s)"
     )
     report.add_argument("--eval-dir", type=Path, required=True, help="holds <model>/metrics.json")
-    report.add_argument("--models-dir", type=Path, required=True, help="holds <model>/training_log.csv")
+    report.add_argument(
+        "--models-dir", type=Path, required=True, help="holds <model>/model.pt and training_log.csv"
+    )
     report.add_argument("--metrics-dir", type=Path, required=True, help="where <model>.json goes")
     report.add_argument("--plots-dir", type=Path, required=True, help="where the plots go")
     report.add_argument(
         "--params", type=Path, help="params.yaml: the default of every option below marked (params)"
     )
-    report.add_argument("--profile", help="network profile, demo or published (params: model.profile)")
-    report.add_argument("--image-size", type=int, help="(params: model.image_size)")
-    report.add_argument("--in-channels", type=int, help="(params: model.in_channels)")
     report.add_argument("--class-names", help="comma-separated class names (params: data.class_names)")
     report.add_argument("--latency-runs", type=int, help="timed CPU passes (params: evaluate.latency_runs)")
     report.add_argument(

@@ -2,8 +2,8 @@
 
 For each model it reads the evaluation report (``<eval>/<model>/metrics.json``, written by the
 evaluate bundle's ClassificationReportHandler) and the per-epoch training log
-(``<models>/<model>/training_log.csv``), measures the network's size and CPU cost
-(pipeline.evaluate.complexity), and writes
+(``<models>/<model>/training_log.csv``), measures the size and CPU cost (pipeline.evaluate.complexity) of
+the network its checkpoint (``<models>/<model>/model.pt``) records, and writes
 
 - ``<metrics>/<model>.json``: the DVC metrics file (headline test metrics, counts, parameters, GFLOPs:
   what ``dvc exp show`` / ``dvc metrics diff`` compare);
@@ -36,7 +36,7 @@ from pipeline.evaluate.complexity import count_parameters, cpu_latency_ms, forwa
 from pipeline.evaluate.metrics import HEADLINE, PAIRED, PER_CLASS
 from pipeline.evaluate.paired import paired_difference_of_files
 from pipeline.evaluate.plots import plot_training_curves
-from pipeline.networks import build_network
+from pipeline.networks import read_settings
 from pipeline.roles import BASELINE, HDKD
 
 BARS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
@@ -51,17 +51,16 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def complexity(
-    model: str, profile: str, image_size: int, in_channels: int, num_classes: int, latency_runs: int
-) -> dict[str, float]:
-    """Parameters, GFLOPs and median CPU latency (batch 1, 2 threads) of ``model``'s network."""
-    network = build_network(
-        model, profile, image_size=image_size, in_channels=in_channels, num_classes=num_classes
-    ).eval()
+def complexity(checkpoint: Path, latency_runs: int) -> dict[str, float]:
+    """Parameters, GFLOPs and median CPU latency (batch 1, 2 threads) of the network the training
+    checkpoint records (its settings: role, profile, image size, channels, classes)."""
+    settings = read_settings(checkpoint)
+    network = settings.build().eval()
+    size, channels = settings.image_size, settings.in_channels
     return {
         "parameters": count_parameters(network),
-        "gflops": round(forward_gflops(network, image_size, in_channels), 6),
-        "cpu_latency_ms": round(cpu_latency_ms(network, image_size, in_channels, repeats=latency_runs), 3),
+        "gflops": round(forward_gflops(network, size, channels), 6),
+        "cpu_latency_ms": round(cpu_latency_ms(network, size, channels, repeats=latency_runs), 3),
     }
 
 
@@ -180,9 +179,6 @@ def write_report(
     models_dir: Path,
     metrics_dir: Path,
     plots_dir: Path,
-    profile: str,
-    image_size: int,
-    in_channels: int,
     class_names: Sequence[str],
     latency_runs: int,
     n_bootstrap: int = 1000,
@@ -201,7 +197,7 @@ def write_report(
                 f"{eval_dir / model / 'metrics.json'}: classes {report['class_names']} differ from "
                 f"data.class_names {list(class_names)}"
             )
-        cost = complexity(model, profile, image_size, in_channels, len(class_names), latency_runs)
+        cost = complexity(models_dir / model / "model.pt", latency_runs)
         metrics[model] = model_metrics(report, cost)
     (metrics_dir / "details").mkdir(parents=True, exist_ok=True)
     files = []
