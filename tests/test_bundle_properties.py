@@ -32,7 +32,8 @@ else:
     inferer, used = workflow.inferer, workflow.evaluator.inferer
     workflow.run()
     workflow.finalize()
-print("PROPERTIES", json.dumps({"missing": missing, "inferer": type(inferer).__name__, "used": inferer is used}))
+report = {"missing": missing, "inferer": type(inferer).__name__, "used": inferer is used}
+print("PROPERTIES", json.dumps(report))
 """
 
 
