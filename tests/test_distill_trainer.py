@@ -11,6 +11,7 @@ import pytest
 import torch
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver, StatsHandler
+from monai.inferers import SimpleInferer
 from naive_distill import naive_loss
 from torch.utils.data import DataLoader
 
@@ -229,6 +230,26 @@ def test_gradient_accumulation_steps_the_optimizer_every_second_iteration() -> N
     engine.run()
     changed = [not torch.equal(a, b) for a, b in zip([before, *snapshots[:-1]], snapshots, strict=True)]
     assert changed == [False, True, False, True]
+
+
+class RecordingInferer(SimpleInferer):
+    """MONAI's SimpleInferer that keeps the keyword arguments of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict] = []
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs):
+        self.calls.append(kwargs)
+        return super().__call__(inputs, network, *args, **kwargs)
+
+
+def test_the_student_runs_through_the_given_inferer() -> None:
+    inferer = RecordingInferer()
+    engine = trainer(net("hdkd", 0), net("teacher", 1), inferer=inferer, decollate=False)
+    engine.run()
+    assert inferer.calls == [{"return_features": True}] * 2  # the student only: the teacher is not inferred
+    assert engine.state.output["pred"].shape == (4, 4)
 
 
 def test_channels_last_and_bf16_options() -> None:

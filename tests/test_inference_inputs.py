@@ -6,15 +6,24 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine
 from PIL import Image
 from test_ingest_factory import palette_dataset, phantom, save_dicom, write_seg, write_series
 
-from pipeline.bundle.inference import DEMO_WARNING, LUMINANCE, model_provenance, predict, to_channels
+from pipeline.bundle.inference import (
+    DEMO_WARNING,
+    LUMINANCE,
+    InferenceInputs,
+    model_provenance,
+    predict,
+    to_channels,
+)
 from pipeline.demo.cohort import MARKER, generate_cohort
 from pipeline.networks import build_network
 
@@ -110,3 +119,21 @@ def test_provenance_says_a_demo_trained_model_saw_synthetic_data(network, tmp_pa
     assert real["trained_on_demo"] is False and "warning" not in real
     unknown = model_provenance(checkpoint, "hdkd_student", "demo", tmp_path / "none" / "ingest.json")
     assert unknown["trained_on_demo"] is None and unknown["training_data"].startswith("unknown")
+
+
+def test_the_scratch_slices_are_removed_when_the_run_ends_or_fails(network, tmp_path, monkeypatch):
+    private = tmp_path / "tmp"  # this test's own temporary folder: nothing else writes there
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    Image.fromarray(phantom((40, 40), high=255, dtype=np.uint8)).save(tmp_path / "x.png")
+    inputs = InferenceInputs(tmp_path / "x.png", image_size=64, in_channels=1)
+    scratch = Path(inputs.records[0]["image"]).parent
+    assert scratch.parent == private and len(list(scratch.iterdir())) == 1
+    failing = Engine(lambda engine, batch: 1 / 0)
+    inputs.attach(failing)  # as the bundle's evaluator attaches it
+    with pytest.raises(ZeroDivisionError):  # the run's error still reaches the caller
+        failing.run([0])
+    assert not scratch.exists()
+    result = _predict(network, tmp_path / "x.png", tmp_path / "out")
+    assert len(result["inputs"]) == 1
+    assert not any(private.iterdir())

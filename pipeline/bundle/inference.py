@@ -1,30 +1,33 @@
-"""Class probabilities for new images: what the bundles' ``inference.json`` runs.
+"""Class probabilities for new images: the inputs of the bundles' ``inference.json`` and :func:`predict`,
+its Python entry.
 
 Input is a file or a folder of DICOM series, NIfTI volumes or 2D images. Files are recognised by content
 and loaded by the data layer (``pipeline.data``: the same readers, orientation, intensity scaling and
-slice selection as ingest + slices), then go through the bundle's evaluation transforms. Output:
-``predictions.csv`` (one row per image or volume slice), ``predictions.json`` (per input: its slices and
-the mean of their probabilities), ``rejected.csv`` and, optionally, Grad-CAM overlays as PNGs.
+slice selection as ingest + slices) into :class:`InferenceInputs`, whose slices a MONAI ``Dataset`` takes
+through the bundle's evaluation transforms to a ``SupervisedEvaluator`` (the inferer and output handlers
+of :mod:`pipeline.bundle.predictions`). Output: ``predictions.csv`` (one row per image or volume slice),
+``predictions.json`` (per input: its slices and the mean of their probabilities), ``rejected.csv`` and,
+optionally, Grad-CAM overlays as PNGs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
+from ignite.engine import Engine, Events
 from monai.data import DataLoader, Dataset
-from monai.visualize import GradCAM
+from monai.engines import SupervisedEvaluator
 from torch import nn
 
-from pipeline.atomic import atomic_path, check_writable, write_csv, write_json
+from pipeline.atomic import check_writable
+from pipeline.bundle.predictions import EngineInferer, GradCAMOverlays, PredictionWriter
 from pipeline.data.dicom import DicomError
 from pipeline.data.discovery import Found, Unreadable, classify, printable, walk
 from pipeline.data.ingest import Candidate, group_dicom, screen_dicom
@@ -35,10 +38,8 @@ from pipeline.data.privacy import HASH_CHARS
 from pipeline.data.slices import SkipItem, SliceSettings, image_slice, volume_slices
 from pipeline.data.transforms import eval_transforms
 from pipeline.demo.cohort import is_demo_cohort
-from pipeline.engines import AUTO, select_engine
-from pipeline.evaluate.plots import safe_name
+from pipeline.engines import AUTO
 
-logger = logging.getLogger(__name__)
 REJECTIONS = (Unreadable, LoadError, DicomError, SkipItem)
 
 
@@ -168,16 +169,87 @@ def model_provenance(ckpt_path: str | Path, bundle: str, profile: str, training_
     return provenance
 
 
-def _save_overlay(image: np.ndarray, cam: np.ndarray, path: Path, title: str) -> None:
-    """A grey slice with its Grad-CAM map (jet, semi-transparent) as a PNG."""
-    figure = Figure(figsize=(3, 3), dpi=100)
-    axis = figure.add_subplot()
-    axis.imshow(image, cmap="gray")
-    axis.imshow(cam, cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0)
-    axis.set_title(title, fontsize=8)
-    axis.axis("off")
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, bbox_inches="tight")
+
+class InferenceInputs:
+    """The usable slices of every image / volume under ``input_path`` and the inputs that cannot be used.
+
+    On creation it finds the inputs (:func:`find_inputs`), reads each one, takes the slices the ``slices``
+    stage would (the central ``slices_per_volume`` of a volume, the image itself otherwise) resized to the
+    network's ``image_size``, gives them the model's channel count (:func:`to_channels`) and saves them as
+    .npy in a scratch folder. ``records`` holds one dict per slice (``image``: its .npy; ``input``,
+    ``item``, ``format``, ``slice``, ``kind``, ``conversion``), ``data`` the items of the evaluation
+    Dataset, ``rejected`` (name, reason) per input that cannot be used. ValueError when there is no input
+    or nothing is usable. Attached to an engine (as an evaluator handler), it removes the scratch folder
+    when the run completes or fails; :meth:`cleanup` does it directly.
+    """
+
+    def __init__(
+        self,
+        input_path: str | Path | None,
+        image_size: int,
+        in_channels: int,
+        slices_per_volume: int = 5,
+        max_item_bytes: int = MAX_ITEM_BYTES,
+    ) -> None:
+        if input_path is None:
+            raise ValueError(
+                "pass --input PATH: a DICOM series folder, a NIfTI volume, a 2D image or a folder of them"
+            )
+        items, self.rejected = find_inputs(input_path, max_item_bytes)
+        self._scratch = tempfile.TemporaryDirectory(prefix="hdkd-inference-")
+        try:
+            self.records = self._save_slices(items, image_size, in_channels, slices_per_volume)
+        except BaseException:
+            self.cleanup()
+            raise
+        if not self.records:
+            self.cleanup()
+            reasons = "; ".join(f"{name}: {reason}" for name, reason in self.rejected[:5]) or "no files"
+            raise ValueError(f"no usable image in {input_path}: {reasons}")
+
+    def _save_slices(self, items: list[InputItem], image_size: int, in_channels: int,
+                     slices_per_volume: int) -> list[dict[str, Any]]:
+        # slices resized to the network's size as the slices stage does for training (--size), before
+        # batching: a large image never reaches the evaluation transforms at full size
+        settings = SliceSettings(central_slices=slices_per_volume, max_per_volume=slices_per_volume,
+                                 size=image_size)
+        records: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            try:
+                kind, slices = item_slices(item, settings)
+                converted = [to_channels(array, in_channels) for _, array in slices]
+            except REJECTIONS as error:
+                self.rejected.append((item.name, str(error)))
+                continue
+            except Exception as error:  # e.g. MONAI cannot orient a singular affine: only this input fails
+                self.rejected.append((item.name, f"cannot process: {error_line(error)}"))
+                continue
+            ident = item_id(item.files)
+            for (z, _), (array, conversion) in zip(slices, converted, strict=True):
+                file = Path(self._scratch.name) / f"{index}_{z}.npy"
+                np.save(file, array)
+                records.append({"image": str(file), "input": item.name, "item": ident, "format": item.format,
+                                "slice": z, "kind": kind, "conversion": conversion})
+        return records
+
+    @property
+    def data(self) -> list[dict[str, Any]]:
+        """The evaluation Dataset's items: each slice's .npy (the evaluation chain also types a "label";
+        new images have none: -1, never read)."""
+        return [{"image": record["image"], "label": -1} for record in self.records]
+
+    def cleanup(self) -> None:
+        """Remove the scratch folder of the slices."""
+        self._scratch.cleanup()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.cleanup())
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._cleanup_and_raise)
+
+    def _cleanup_and_raise(self, engine: Engine, error: BaseException) -> None:
+        self.cleanup()
+        raise error
+
 
 
 def predict(
@@ -198,7 +270,9 @@ def predict(
     max_item_bytes: int = MAX_ITEM_BYTES,
 ) -> dict[str, Any]:
     """Classify every image / volume under ``input_path`` with ``network`` (logits out) and write the
-    outputs to ``output_dir``; returns the content of predictions.json, which carries ``provenance``
+    outputs to ``output_dir``, with the parts ``inference.json`` defines (:class:`InferenceInputs`, a MONAI
+    Dataset and DataLoader, :class:`~pipeline.bundle.predictions.EngineInferer`, a SupervisedEvaluator with
+    the output handlers); returns the content of predictions.json, which carries ``provenance``
     (:func:`model_provenance`) as ``model``.
 
     Every input that cannot be used (unreadable, not an image, a channel count the model cannot take) is a
@@ -208,150 +282,21 @@ def predict(
     measured once and cached). ``max_item_bytes`` bounds the decoded size of one input, read from its
     header before its data (:mod:`pipeline.data.limits`).
     """
-    if input_path is None:
-        raise ValueError(
-            "pass --input PATH: a DICOM series folder, a NIfTI volume, a 2D image or a folder of them"
-        )
     output = check_writable(output_dir, "--output_dir")
-    items, rejected = find_inputs(input_path, max_item_bytes)
-    # slices resized to the network's size as the slices stage does for training (--size), before batching:
-    # a large image never reaches the evaluation transforms at full size
-    settings = SliceSettings(central_slices=slices_per_volume, max_per_volume=slices_per_volume,
-                             size=image_size)
-    names = list(class_names)
-    with tempfile.TemporaryDirectory() as scratch:
-        records: list[dict[str, Any]] = []
-        for index, item in enumerate(items):
-            try:
-                kind, slices = item_slices(item, settings)
-                converted = [to_channels(array, in_channels) for _, array in slices]
-            except REJECTIONS as error:
-                rejected.append((item.name, str(error)))
-                continue
-            except Exception as error:  # e.g. MONAI cannot orient a singular affine: only this input fails
-                rejected.append((item.name, f"cannot process: {error_line(error)}"))
-                continue
-            ident = item_id(item.files)
-            for (z, _), (array, conversion) in zip(slices, converted, strict=True):
-                file = Path(scratch) / f"{index}_{z}.npy"
-                np.save(file, array)
-                records.append({"image": str(file), "input": item.name, "item": ident, "format": item.format,
-                                "slice": z, "kind": kind, "conversion": conversion})
-        if not records:
-            reasons = "; ".join(f"{name}: {reason}" for name, reason in rejected[:5]) or "no files"
-            raise ValueError(f"no usable image in {input_path}: {reasons}")
-        probs, cams = _run(
-            network,
-            records,
-            image_size,
-            in_channels,
-            imagenet_norm,
-            device,
-            batch_size,
-            gradcam,
-            gradcam_layer,
-            engine,
+    inputs = InferenceInputs(input_path, image_size, in_channels, slices_per_volume, max_item_bytes)
+    try:
+        writer = PredictionWriter(inputs, output, class_names, provenance)
+        overlays = [GradCAMOverlays(inputs, output, class_names, gradcam_layer)] if gradcam else []
+        dataset = Dataset(inputs.data, eval_transforms(image_size, in_channels, imagenet_norm))
+        evaluator = SupervisedEvaluator(
+            device=torch.device(device),
+            val_data_loader=DataLoader(dataset, batch_size=batch_size, shuffle=False),
+            network=network.eval(),
+            inferer=EngineInferer(engine, batch_size),
+            decollate=False,
+            val_handlers=[writer, *overlays, inputs],
         )
-    result = _write(output, names, records, probs, rejected, provenance or {})
-    if result["model"].get("warning"):
-        logger.warning("%s", result["model"]["warning"])
-    if gradcam:
-        folder = output / "gradcam"
-        folder.mkdir(exist_ok=True)
-        for record, prob, (image, cam) in zip(records, probs, cams, strict=True):
-            label = names[int(prob.argmax())]
-            _save_overlay(  # named and titled by the item id: overlays get shared, file names stay here
-                image,
-                cam,
-                folder / f"{record['item']}_slice{record['slice']}.png",
-                f"{record['item']} [{record['slice']}]: {label} {prob.max():.2f}",
-            )
-    logger.info(
-        "%d slices of %d inputs classified, %d rejected; written to %s",
-        len(records),
-        len(result["inputs"]),
-        len(rejected),
-        output,
-    )
-    return result
-
-
-def _run(
-    network: nn.Module,
-    records: list[dict[str, Any]],
-    image_size: int,
-    in_channels: int,
-    imagenet_norm: bool,
-    device: torch.device | str,
-    batch_size: int,
-    gradcam: bool,
-    gradcam_layer: str,
-    engine: str,
-) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-    """Softmax probabilities per record and, with ``gradcam``, (input image, CAM) pairs."""
-    transform = eval_transforms(image_size, in_channels, imagenet_norm)
-    # the evaluation chain also types a "label"; new images have none (-1, never read)
-    data = [{"image": record["image"], "label": -1} for record in records]
-    loader = DataLoader(Dataset(data, transform), batch_size=batch_size)
-    network.eval()
-    cam = GradCAM(nn_module=network, target_layers=gradcam_layer) if gradcam else None
-    probs, cams = [], []
-    selection = None
-    for batch in loader:
-        x = torch.as_tensor(batch["image"]).to(device)
-        if selection is None:  # the first batch calibrates int8 and, when not cached, times the engines
-            selection = select_engine(network, x, engine, batch_size)
-            logger.info(selection.summary())
-        probs.append(forward(selection.run, x))
-        if cam is not None:
-            maps = cam(x).detach().cpu().numpy()[:, 0]
-            cams += [(image[0], heat) for image, heat in zip(x.detach().cpu().numpy(), maps, strict=True)]
-    return torch.cat(probs).numpy(), cams
-
-
-def forward(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Softmax class probabilities (on the CPU) of one batch through the chosen engine's ``run`` (logits
-    out): the only place the model runs."""
-    with torch.no_grad():
-        return torch.softmax(run(x).float(), dim=1).cpu()
-
-
-def _write(
-    output: Path,
-    names: list[str],
-    records: list[dict[str, Any]],
-    probs: np.ndarray,
-    rejected: list[tuple[str, str]],
-    provenance: dict[str, Any],
-) -> dict[str, Any]:
-    """predictions.csv, predictions.json and rejected.csv; returns the JSON content."""
-    columns = [f"prob_{safe_name(name)}" for name in names]
-    write_csv(output / "predictions.csv", ["input", "item", "slice_index", "predicted", *columns],
-              ([record["input"], record["item"], record["slice"], names[int(prob.argmax())],
-                *np.round(prob, 6)] for record, prob in zip(records, probs, strict=True)))
-    inputs = []
-    for name in dict.fromkeys(record["input"] for record in records):
-        rows = [i for i, record in enumerate(records) if record["input"] == name]
-        mean = probs[rows].mean(axis=0)
-        first = records[rows[0]]
-        inputs.append(
-            {
-                "input": name,
-                "item": first["item"],
-                "format": first["format"],
-                "kind": first["kind"],
-                "slices": [records[i]["slice"] for i in rows],
-                "mean_probs": {label: float(p) for label, p in zip(names, mean, strict=True)},
-                "predicted": names[int(mean.argmax())],
-                **({"conversion": first["conversion"]} if first["conversion"] else {}),
-            }
-        )
-    result = {
-        "model": provenance,
-        "class_names": names,
-        "inputs": inputs,
-        "rejected": [{"input": name, "reason": reason} for name, reason in rejected],
-    }
-    write_json(output / "predictions.json", result, indent=2)
-    write_csv(output / "rejected.csv", ["input", "reason"], rejected)
-    return result
+        evaluator.run()
+    finally:
+        inputs.cleanup()
+    return writer.result

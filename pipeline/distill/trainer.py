@@ -64,8 +64,9 @@ class DistillationTrainer(SupervisedTrainer):
 
     ``engine.state.output`` holds MONAI's image/label/pred/loss ("pred" = the student's predictive
     logits; an HDKD student's is the mean of its two heads) and "loss_terms", a dict of floats
-    ("ce", "logit_kd", "feature_kd"); log them with ``loss_terms_transform``. The network is called as
-    ``network(x, return_features=True)`` and must return an ``HDKDOutput``; ``inferer`` is not used.
+    ("ce", "logit_kd", "feature_kd"); log them with ``loss_terms_transform``. The student runs through
+    ``inferer`` (MONAI's ``SimpleInferer`` by default) as ``inferer(x, network, return_features=True)``,
+    which must return an ``HDKDOutput``: an inferer that passes keyword arguments on to the network.
     """
 
     def __init__(
@@ -85,10 +86,6 @@ class DistillationTrainer(SupervisedTrainer):
         if not isinstance(loss_function, HDKDLoss):
             raise TypeError(
                 f"loss_function must be a pipeline.distill.HDKDLoss, got {type(loss_function).__name__}"
-            )
-        if kwargs.get("inferer") is not None:
-            raise ValueError(
-                "inferer is not supported: the trainer calls network(x, return_features=True) itself"
             )
         device = torch.device(device)
         if channels_last:
@@ -200,7 +197,7 @@ class DistillationTrainer(SupervisedTrainer):
         with autocast:
             teacher_out = engine.teacher_forward(x)
             with bf16_autocast(x.device, engine.bf16):
-                student_out = engine.network(x, return_features=True)
+                student_out = engine.inferer(x, engine.network, return_features=True)
             engine.state.output[Keys.PRED] = student_out.logits
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             terms = engine.loss_function(student_out, teacher_out, y)
