@@ -5,6 +5,10 @@ cannot: the store (created once, under a file lock, checked to be reachable and 
 (named, tagged with its parent and its provenance -- pipeline.tracking.provenance --, its hyper-parameters
 and the executed config logged up front) and the handler bound to that run, which at the end also logs
 the kept checkpoint's validation scores and the model itself (pipeline.tracking.model).
+
+A training run is found in the store, never through a file in its models folder (a DVC output that must
+be the same bytes on every identical run): by tag ``hdkd.models_dir`` to resume it, by tag
+``hdkd.checkpoint_sha256`` (the kept ``model.pt``) to name it on the runs that evaluate or export it.
 """
 
 from __future__ import annotations
