@@ -39,6 +39,20 @@ def save_checkpoint(network: Any, settings: Any, folder: Path, name: str = "mode
     return folder / name
 
 
+def complete_training_run(run_id: str, checkpoint: Path, tracking_uri: str | None = None) -> None:
+    """End MLflow run ``run_id`` as a training bundle ends its run: ``pipeline.tracking.RunMLFlowHandler``
+    at COMPLETED of a one-iteration ignite engine, with ``checkpoint`` as the kept model."""
+    from ignite.engine import Engine
+
+    from pipeline.tracking import RunMLFlowHandler
+
+    engine = Engine(lambda engine, batch: None)
+    RunMLFlowHandler(
+        run_id, tracking_uri, iteration_log=False, close_on_complete=True, model_checkpoint=checkpoint
+    ).attach(engine)
+    engine.run([0], max_epochs=1)
+
+
 def make_split(folder: Path, per_class: dict[str, int] | None = None, size: int = 32, seed: int = 0) -> Path:
     """``folder/split.csv`` (the split CLI's columns) over (1, size, size) float32 .npy slices: class k
     is a bright quadrant k over noise. ``per_class`` gives images per class and split."""

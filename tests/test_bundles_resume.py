@@ -3,6 +3,7 @@ uninterrupted run of the same seed ends."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -12,8 +13,10 @@ import pandas as pd
 import pytest
 import torch
 from bundle_testing import FAST, ROOT, TEACHER, bundle_command, bundle_env, make_split, run_bundle
+from mlflow.tracking import MlflowClient
 
 from pipeline.networks import SETTINGS_KEY
+from pipeline.tracking import CHECKPOINT_TAG, MODELS_DIR_TAG
 
 EPOCHS = "3"
 
@@ -80,3 +83,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     kept_score = straight_report["balanced_accuracy"]
     assert resumed_report["balanced_accuracy"] == pytest.approx(kept_score, abs=1e-9)
     assert straight_report["balanced_accuracy"] == pytest.approx(expected["val_balanced_accuracy"].max())
+    # one MLflow run per folder: the resumed training continued the run the killed process started
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("hdkd").experiment_id
+    runs = client.search_runs([experiment])
+    folders = [run.data.tags[MODELS_DIR_TAG] for run in runs]
+    assert sorted(folders) == sorted([str(straight), str(interrupted)])
+    resumed_run = runs[folders.index(str(interrupted))]
+    assert resumed_run.info.status == "FINISHED"
+    history = client.get_metric_history(resumed_run.info.run_id, "val_balanced_accuracy")
+    assert sorted({metric.step for metric in history}) == [1, 2, 3]
+    kept = hashlib.sha256((interrupted / "model.pt").read_bytes()).hexdigest()
+    assert resumed_run.data.tags[CHECKPOINT_TAG] == kept

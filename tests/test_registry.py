@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from bundle_testing import CLASSES, make_split, save_checkpoint
+from bundle_testing import CLASSES, complete_training_run, make_split, save_checkpoint
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
@@ -46,8 +46,9 @@ def trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     models = tmp_path / "models"
     models.mkdir()
     settings = NetworkSettings("hdkd", "demo", image_size=64, in_channels=1, class_names=CLASSES)
-    save_checkpoint(settings.build(), settings, models)
-    training_run = tracking.start_run("hdkd", "hdkd", run_id_file=models / tracking.RUN_ID_FILE)
+    checkpoint = save_checkpoint(settings.build(), settings, models)
+    training_run = tracking.start_run("hdkd", "hdkd", models_dir=models)
+    complete_training_run(training_run, checkpoint)  # tags the run with the checkpoint's SHA-256
     report = tmp_path / "metrics.json"
     report.write_text(
         json.dumps(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 from pathlib import Path
 
 import mlflow
 import pytest
+import torch
+from bundle_testing import CLASSES, complete_training_run, save_checkpoint
 from ignite.engine import Engine, Events
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
+from pipeline.networks import NetworkSettings
 
 
 @pytest.fixture
@@ -63,21 +67,69 @@ def test_start_run_nests_under_parent_and_logs_params_and_config(
         tags={"bundle": "hdkd_teacher"},
         artifacts={"config.json": {"epochs": 3}},
         tracking_uri=store,
-        run_id_file=tmp_path / "models" / "run.txt",
+        models_dir=tmp_path / "models",
     )
     run = MlflowClient(store).get_run(run_id)
     assert run.data.tags[tracking.PARENT_TAG] == parent
     assert run.data.tags["bundle"] == "hdkd_teacher"
+    assert run.data.tags[tracking.MODELS_DIR_TAG] == str(tmp_path / "models")
     assert run.data.params == {"lr": "0.001", "recipe.epochs": "3"}
     assert [a.path for a in MlflowClient(store).list_artifacts(run_id)] == ["config.json"]
-    assert (tmp_path / "models" / "run.txt").read_text().strip() == run_id
-    assert (
-        tracking.start_run(
-            "teacher", "exp", tracking_uri=store, run_id_file=tmp_path / "models" / "run.txt", resume=True
-        )
-        == run_id
+    assert not (tmp_path / "models").exists()  # nothing of MLflow in the models folder
+    resumed = tracking.start_run(
+        "teacher", "exp", tracking_uri=store, models_dir=tmp_path / "models", resume=True
     )
+    assert resumed == run_id
     assert tracking.start_run("teacher", "exp", tracking_uri=store) != run_id
+
+
+@pytest.mark.parametrize("name", ["plain", "o'brien", 'say "hi"', "back\\slash", "end\\", "100%_ `x`"])
+def test_resume_continues_the_newest_unfinished_run_of_the_models_folder(
+    store: str, tmp_path: Path, name: str
+) -> None:
+    models, other = tmp_path / name / "models", tmp_path / "other"
+    client = MlflowClient(store)
+
+    def start(folder: Path, resume: bool = True, experiment: str = "exp") -> str:
+        return tracking.start_run("teacher", experiment, tracking_uri=store, models_dir=folder, resume=resume)
+
+    older, newer = start(models, resume=False), start(models, resume=False)  # two fresh starts
+    assert older != newer
+    client.set_terminated(older, "FAILED")
+    assert start(models) == newer  # the newest unfinished one, running again
+    assert client.get_run(newer).info.status == "RUNNING"
+    client.set_terminated(newer, "FINISHED")
+    assert start(models) == older  # a finished run is never continued
+    client.set_terminated(older, "FINISHED")
+    fresh = start(models)
+    assert fresh not in (older, newer)
+    assert start(other) not in (older, newer, fresh)  # another folder
+    assert start(models, experiment="another") != fresh  # another experiment
+    assert start(models, resume=False) != fresh  # a fresh start
+
+
+def test_a_models_folder_no_search_can_name_is_refused(store: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="pick a models_dir without quote characters") as refused:
+        tracking.start_run("teacher", "exp", tracking_uri=store, models_dir=tmp_path / 'o\'brien "x"')
+    assert "\n" not in str(refused.value) and "o'brien" in str(refused.value)
+
+
+def test_training_run_of_finds_the_newest_run_that_kept_the_checkpoint(store: str, tmp_path: Path) -> None:
+    settings = NetworkSettings("teacher", "demo", image_size=32, in_channels=1, class_names=CLASSES)
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(settings.build(), settings, tmp_path / "trained")
+    untrained = save_checkpoint(settings.build(), settings, tmp_path / "untrained")
+    runs = []
+    for experiment in ("exp", "another"):  # the same bytes kept twice, in two experiments
+        runs.append(tracking.start_run("teacher", experiment, tracking_uri=store))
+        complete_training_run(runs[-1], checkpoint, store)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    tagged = [MlflowClient(store).get_run(run).data.tags[tracking.CHECKPOINT_TAG] for run in runs]
+    assert tagged == [digest, digest]
+    assert tracking.training_run_of(checkpoint, store) == runs[-1]
+    assert tracking.training_run_of(untrained, store) == ""
+    assert tracking.training_run_of(tmp_path / "missing.pt", store) == ""
+    mlflow.set_tracking_uri(None)
 
 
 def test_unknown_parent_run_is_an_error_naming_the_variable(

@@ -13,7 +13,6 @@ logger = logging.getLogger(__name__)
 
 # written by the trainer's per-epoch ignite Checkpoint (train#checkpoint, n_saved=1): checkpoint_epoch=<N>.pt
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
-RUN_ID_FILE = "mlflow_run_id.txt"
 
 
 def epoch_checkpoints(models_dir: str | Path) -> list[Path]:
@@ -50,9 +49,9 @@ def prepare_models_dir(
     """Create ``models_dir`` and return the checkpoint to resume from, or None for a fresh start.
 
     A run resumes when ``resume`` is on and the newest readable per-epoch checkpoint belongs to an
-    unfinished run of the same length (``epochs``). Otherwise the old per-epoch checkpoints and MLflow run
-    id are removed (when ``cleanup``; under DDP only rank 0 cleans up), so that the new run's files cannot
-    be mistaken for the old one's.
+    unfinished run of the same length (``epochs``). Otherwise the old per-epoch checkpoints are removed (when
+    ``cleanup``; under DDP only rank 0 cleans up), so that the new run's files cannot be mistaken for the old
+    one's.
     """
     folder = Path(models_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -68,6 +67,6 @@ def prepare_models_dir(
                 return str(checkpoint)
             break
     if cleanup:
-        for stale in [*checkpoints, folder / RUN_ID_FILE]:
+        for stale in checkpoints:
             stale.unlink(missing_ok=True)
     return None

@@ -5,11 +5,16 @@ cannot: the store (created once, under a file lock, checked to be reachable and 
 (named, tagged with its parent and its provenance -- pipeline.tracking.provenance --, its hyper-parameters
 and the executed config logged up front) and the handler bound to that run, which at the end also logs
 the kept checkpoint's validation scores and the model itself (pipeline.tracking.model).
+
+A training run is found in the store, never through a file in its models folder (a DVC output that must
+be the same bytes on every identical run): by tag ``hdkd.models_dir`` to resume it, by tag
+``hdkd.checkpoint_sha256`` (the kept ``model.pt``) to name it on the runs that evaluate or export it.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 import os
@@ -34,8 +39,9 @@ PARENT_RUN_ENV = "HDKD_MLFLOW_PARENT_RUN_ID"
 STAGE_ENV = "HDKD_DVC_STAGE"  # a run's DVC stage (set by `python -m pipeline.stages exec --stage`)
 PARENT_TAG = "mlflow.parentRunId"
 SQLITE_PREFIX = "sqlite:///"
-RUN_ID_FILE = "mlflow_run_id.txt"  # next to a training run's checkpoints
 TRAINING_RUN_TAG = "hdkd.training_run_id"  # on evaluation runs and registered versions
+MODELS_DIR_TAG = "hdkd.models_dir"  # on a training run: the absolute path of its models folder
+CHECKPOINT_TAG = "hdkd.checkpoint_sha256"  # on a completed training run: SHA-256 of the model.pt it kept
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 STORE_PROBE_TAG = "hdkd.pipeline"  # experiment tag written by check_store to prove the store takes writes
 
@@ -190,7 +196,7 @@ def start_run(
     tags: Mapping[str, str] | None = None,
     artifacts: Mapping[str, Any] | None = None,
     tracking_uri: str | None = None,
-    run_id_file: str | Path | None = None,
+    models_dir: str | Path | None = None,
     resume: bool = False,
     source: str = "",
 ) -> str:
@@ -200,17 +206,20 @@ def start_run(
     (pipeline.tracking.provenance: user, ``source`` -- e.g. the bundle config --, git commit, DVC stage and
     data hashes; ``tags`` win); ``params`` are flattened and logged; ``artifacts`` maps a file name to
     JSON-ready content logged as a JSON artifact (e.g. the executed config; None is not
-    logged). With ``run_id_file`` the id
-    is written there; with ``resume`` as well, the run recorded in that file is continued (a training run
-    resumed from its checkpoint keeps one run).
+    logged). A training run passes its ``models_dir``, recorded as tag ``hdkd.models_dir`` (absolute
+    path); with ``resume`` as well, the newest unfinished run of the experiment with that tag is continued
+    (a training run resumed from its checkpoint keeps one run), and a new run is created when there is none.
     """
     from pipeline.tracking.provenance import provenance_tags
 
     uri = configure_mlflow(tracking_uri)
     client = MlflowClient(uri)
-    run_id = _resumable_run(client, run_id_file) if resume and run_id_file else None
+    folder, folder_clause = _models_dir_filter(models_dir) if models_dir else (None, None)
+    run_id = _resumable_run(client, experiment_name, folder_clause) if resume and folder_clause else None
     if run_id is None:
         all_tags = {**cpu_report().tags(), **provenance_tags(repo_root(), source, STAGE_ENV, tags)}
+        if folder:
+            all_tags[MODELS_DIR_TAG] = folder
         parent = parent_run_id(client)
         if parent:
             all_tags[PARENT_TAG] = parent
@@ -225,9 +234,6 @@ def start_run(
         if content is None:  # e.g. no executed config: the bundle was run from MONAI's Python API
             continue
         client.log_text(run_id, json.dumps(content, indent=2, default=str), name)
-    if run_id_file:
-        Path(run_id_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(run_id_file).write_text(run_id + "\n")
     return run_id
 
 
@@ -259,17 +265,38 @@ def fail_unfinished_runs() -> None:
 atexit.register(fail_unfinished_runs)  # after `import mlflow`, so it runs before MLflow's exit hook
 
 
-def _resumable_run(client: MlflowClient, run_id_file: str | Path) -> str | None:
-    """The run id recorded in ``run_id_file`` when that run still exists in the store."""
-    path = Path(run_id_file)
-    if not path.is_file():
+def _models_dir_filter(models_dir: str | Path) -> tuple[str, str]:
+    """(absolute path of ``models_dir``, MLflow filter clause selecting the runs tagged with it). MLflow's
+    filter grammar has no escapes: the value is quoted with a quote character it does not hold (a single
+    quote may not follow a final backslash); a path no quoting expresses is refused."""
+    path = str(Path(models_dir).resolve())
+    quote = next((q for q in ('"', "'") if q not in path and not (q == "'" and path.endswith("\\"))), None)
+    if quote is None:
+        raise ValueError(
+            f'models folder {path} cannot be named in an MLflow search (it holds both \' and ", or " and a '
+            "final backslash); pick a models_dir without quote characters"
+        )
+    return path, f"tags.`{MODELS_DIR_TAG}` = {quote}{path}{quote}"
+
+
+def _resumable_run(client: MlflowClient, experiment_name: str, models_dir_filter: str) -> str | None:
+    """The newest run of ``experiment_name`` matching ``models_dir_filter`` that is not FINISHED."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
         return None
-    run_id = path.read_text().strip()
-    try:
-        client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        return None
-    return run_id
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"{models_dir_filter} and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def activate_run(run_id: str, dataset: str | Path | None = None, dataset_context: str = "testing") -> str:
@@ -284,11 +311,21 @@ def activate_run(run_id: str, dataset: str | Path | None = None, dataset_context
     return run_id
 
 
-def training_run_of(checkpoint: str | Path) -> str:
-    """The id of the MLflow run that trained ``checkpoint`` (``mlflow_run_id.txt`` next to it, written by
-    the training bundle), or "" when it is not recorded."""
-    path = Path(checkpoint).parent / RUN_ID_FILE
-    return path.read_text().strip() if path.is_file() else ""
+def training_run_of(checkpoint: str | Path, tracking_uri: str | None = None) -> str:
+    """The id of the MLflow run that trained ``checkpoint``: the run of the tracking store (any active
+    experiment) tagged ``hdkd.checkpoint_sha256`` with the file's SHA-256 (the newest of several), or ""
+    when no run there kept these bytes (or the file is missing)."""
+    if not Path(checkpoint).is_file():
+        return ""
+    configure_mlflow(tracking_uri)
+    runs = mlflow.search_runs(
+        filter_string=f"tags.`{CHECKPOINT_TAG}` = '{_sha256(checkpoint)}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        search_all_experiments=True,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else ""
 
 
 def end_run() -> None:
@@ -305,7 +342,8 @@ class RunMLFlowHandler(MLFlowHandler):
     At COMPLETED it also logs, when given: ``final_metrics`` (a callable returning e.g. the kept
     checkpoint's ``best_val_*`` and ``best_epoch``), ``dataset`` (the split CSV, as the run's training
     dataset) and ``model_checkpoint``, logged as the run's pyfunc model ``model`` (rebuilt from the network
-    settings the checkpoint records).
+    settings the checkpoint records) and named by its SHA-256 in tag ``hdkd.checkpoint_sha256``, by which
+    :func:`training_run_of` finds the run.
     """
 
     def __init__(
@@ -328,7 +366,7 @@ class RunMLFlowHandler(MLFlowHandler):
     def complete(self) -> None:
         """Log ``artifacts`` at COMPLETED: a file at the top level, a folder as a folder of that name (the
         stock handler flattens folders, so a ``validation/`` report would mix with other files); then the
-        final metrics, the dataset and the model."""
+        final metrics, the checkpoint's digest, the dataset and the model."""
         if self.cur_run is None:
             return
         run_id = self.cur_run.info.run_id
@@ -341,6 +379,8 @@ class RunMLFlowHandler(MLFlowHandler):
             now = get_current_time_millis()
             metrics = [Metric(key, float(value), now, 0) for key, value in self.final_metrics().items()]
             self.client.log_batch(run_id, metrics=metrics)
+        if self.model_checkpoint:
+            self.client.set_tag(run_id, CHECKPOINT_TAG, _sha256(self.model_checkpoint))
         if self.dataset or self.model_checkpoint:
             from pipeline.networks import read_settings
             from pipeline.tracking.model import log_classifier
