@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from pipeline.atomic import atomic_path, write_json
+from pipeline.digest import file_sha256
 from pipeline.evaluate.complexity import count_parameters, forward_gflops
 from pipeline.networks import PROFILES, NetworkSettings, load_trained
 from pipeline.quantize import compare_predictions, quantize_int8, split_images
@@ -174,14 +174,6 @@ def verify_torchscript(
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_network(
     network: nn.Module,
     output: str | Path,
@@ -204,7 +196,7 @@ def export_network(
         "gflops": forward_gflops(network, image_size, in_channels),
         "onnx": {
             "file": onnx_path.name,
-            "sha256": _sha256(onnx_path),
+            "sha256": file_sha256(onnx_path),
             "opset": file_opset(onnx_path),
             "input": f"{INPUT_NAME} [batch, {in_channels}, {image_size}, {image_size}] float32",
             "output": f"{OUTPUT_NAME} [batch, classes]",
@@ -212,7 +204,7 @@ def export_network(
         },
         "torchscript": {
             "file": torchscript_path.name,
-            "sha256": _sha256(torchscript_path),
+            "sha256": file_sha256(torchscript_path),
             "max_abs_diff": verify_torchscript(
                 network, torchscript_path, image_size, in_channels, batch_sizes, atol
             ),
@@ -327,7 +319,7 @@ def _export_int8(args: argparse.Namespace, output_stem: Path, settings: NetworkS
     int8_path = quantize_int8(float_path, output_stem.with_suffix(".int8.onnx"), calibration)
     facts = {
         "file": int8_path.name,
-        "sha256": _sha256(int8_path),
+        "sha256": file_sha256(int8_path),
         "quantization": "static QDQ, per-channel int8 weights, uint8 activations (ONNX Runtime)",
         "calibration": {"split": "train", "images": len(calibration)},
         "check_split": "val",
@@ -378,7 +370,7 @@ def main(argv: list[str]) -> int:
         return 2
     record = {
         **settings.state_dict(),
-        "checkpoint_sha256": _sha256(args.checkpoint),
+        "checkpoint_sha256": file_sha256(args.checkpoint),
         "num_classes": settings.num_classes,
         **facts,
     }

@@ -308,6 +308,9 @@ def test_loss_terms_reach_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # MONAI's handler lets MLFLOW_TRACKING_URI win over its tracking_uri (leaving the client to MLflow's
+    # process-wide URI), and mlflow.set_tracking_uri in an earlier test of this process sets that variable
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     engine = trainer(net("hdkd", 0), net("teacher", 1))
     handler = MLFlowHandler(
         tracking_uri=uri,

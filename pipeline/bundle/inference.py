@@ -38,6 +38,7 @@ from pipeline.data.privacy import HASH_CHARS
 from pipeline.data.slices import SkipItem, SliceSettings, image_slice, volume_slices
 from pipeline.data.transforms import eval_transforms
 from pipeline.demo.cohort import is_demo_cohort
+from pipeline.digest import file_sha256
 from pipeline.engines import AUTO
 
 REJECTIONS = (Unreadable, LoadError, DicomError, SkipItem)
@@ -127,15 +128,6 @@ def item_slices(item: InputItem, settings: SliceSettings) -> tuple[str, list[tup
     if kind == "volume":
         return kind, list(volume_slices(image, None, "", settings))
     return kind, [(0, image_slice(image, settings))]
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def item_id(files: Sequence[Path]) -> str:

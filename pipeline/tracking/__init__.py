@@ -14,7 +14,6 @@ be the same bytes on every identical run): by tag ``hdkd.models_dir`` to resume 
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from monai.handlers import MLFlowHandler
 from monai.utils import path_to_uri
 
 from pipeline.device import cpu_report
+from pipeline.digest import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -293,12 +293,6 @@ def _resumable_run(client: MlflowClient, experiment_name: str, models_dir_filter
     return runs[0].info.run_id if runs else None
 
 
-def _sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    with Path(path).open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def activate_run(run_id: str, dataset: str | Path | None = None, dataset_context: str = "testing") -> str:
     """Make ``run_id`` the active MLflow run of this process (handlers that log to ``mlflow.active_run()``,
     such as the evaluation report, then log to it) and log ``dataset`` (a split CSV) as its input under
@@ -319,7 +313,7 @@ def training_run_of(checkpoint: str | Path, tracking_uri: str | None = None) -> 
         return ""
     configure_mlflow(tracking_uri)
     runs = mlflow.search_runs(
-        filter_string=f"tags.`{CHECKPOINT_TAG}` = '{_sha256(checkpoint)}'",
+        filter_string=f"tags.`{CHECKPOINT_TAG}` = '{file_sha256(checkpoint)}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
         search_all_experiments=True,
@@ -380,7 +374,7 @@ class RunMLFlowHandler(MLFlowHandler):
             metrics = [Metric(key, float(value), now, 0) for key, value in self.final_metrics().items()]
             self.client.log_batch(run_id, metrics=metrics)
         if self.model_checkpoint:
-            self.client.set_tag(run_id, CHECKPOINT_TAG, _sha256(self.model_checkpoint))
+            self.client.set_tag(run_id, CHECKPOINT_TAG, file_sha256(self.model_checkpoint))
         if self.dataset or self.model_checkpoint:
             from pipeline.networks import read_settings
             from pipeline.tracking.model import log_classifier
