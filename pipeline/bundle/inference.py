@@ -161,7 +161,6 @@ def model_provenance(ckpt_path: str | Path, bundle: str, profile: str, training_
     return provenance
 
 
-
 class InferenceInputs:
     """The usable slices of every image / volume under ``input_path`` and the inputs that cannot be used.
 
@@ -241,7 +240,6 @@ class InferenceInputs:
     def _cleanup_and_raise(self, engine: Engine, error: BaseException) -> None:
         self.cleanup()
         raise error
-
 
 
 def predict(
