@@ -179,8 +179,14 @@ def _onnxruntime_runner(path: Path) -> Runner:
 def _openvino_runner(path: Path) -> Runner:
     import openvino
 
+    # float32 explicitly: on a CPU with native bf16 OpenVINO's default inference precision is bf16
     compiled = openvino.Core().compile_model(
-        str(path), "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        str(path),
+        "CPU",
+        {
+            openvino.properties.inference_num_threads: torch.get_num_threads(),
+            openvino.properties.hint.inference_precision: openvino.Type.f32,
+        },
     )
 
     def run(x: torch.Tensor) -> torch.Tensor:
