@@ -48,6 +48,15 @@ def test_generated_configs_are_those_the_templates_give() -> None:
         assert macros == [], f"{path} still pulls items from another file: {macros[:3]}"
 
 
+def test_a_template_base_fills_in_the_items_the_template_does_not_set(tmp_path: Path) -> None:
+    shared = {"a": 1, "b": "%common.json#b", "c": 3}
+    (tmp_path / "shared.json").write_text(json.dumps(shared), encoding="utf-8")
+    (tmp_path / "common.json").write_text(json.dumps({"b": {"x": 2}}), encoding="utf-8")
+    template = {"_base_": "shared.json", "c": "own", "d": "%common.json#b#x"}
+    config = compose.compose_template(template, tmp_path, {})
+    assert list(config.items()) == [("c", "own"), ("d", 2), ("a", 1), ("b", {"x": 2})]
+
+
 def test_check_names_a_hand_edited_config(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "bundles", tmp_path / "bundles")
     edited = tmp_path / "bundles" / "hdkd_student" / "configs" / "train.json"

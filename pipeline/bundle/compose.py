@@ -7,7 +7,12 @@ other way to include a second file. So the items the two bundles share live once
 at run time from the repository root) and is written to ``bundles/<bundle>/configs/``. The written files
 hold no macro, so a bundle runs from any folder, also zipped and unpacked elsewhere.
 
-Edit the templates or the shared file, then run ``python -m pipeline.bundle.compose`` from the repository
+A template may name a base with ``"_base_": "<path of a JSON file>"`` (relative to the repository root):
+the items the two bundles' evaluation or inference configs share (``bundles/common/templates/*.json``).
+The generated config holds the template's own items first, then every base item the template does not
+set itself; macros in the base are replaced the same way.
+
+Edit the templates or the shared files, then run ``python -m pipeline.bundle.compose`` from the repository
 root; ``--check`` only lists the config files that are out of date (a test runs it).
 """
 
@@ -28,6 +33,7 @@ from pipeline.atomic import write_text
 
 TEMPLATES = Path("bundles", "common", "templates")
 GENERATED_KEY = "_generated_"
+BASE_KEY = "_base_"
 
 
 def _inline(value: Any, project: Path, sources: dict[str, ConfigParser]) -> Any:
@@ -44,6 +50,20 @@ def _inline(value: Any, project: Path, sources: dict[str, ConfigParser]) -> Any:
             sources[path] = ConfigParser(ConfigParser.load_config_file(project / path))
         return _inline(copy.deepcopy(sources[path][item_id]), project, sources)
     return value
+
+
+def compose_template(
+    template: dict[str, Any], project: Path, sources: dict[str, ConfigParser]
+) -> dict[str, Any]:
+    """A template's config: its own items, then the items of its ``_base_`` file it does not set, every
+    macro replaced."""
+    own = {key: value for key, value in template.items() if key != BASE_KEY}
+    config = _inline(own, project, sources)
+    if BASE_KEY in template:
+        base_text = (project / template[BASE_KEY]).read_text(encoding="utf-8")
+        base = _inline(json.loads(base_text), project, sources)
+        config.update((key, value) for key, value in base.items() if key not in config)
+    return config
 
 
 def config_path(template: Path) -> Path:
@@ -63,7 +83,7 @@ def render(project: Path) -> dict[Path, str]:
         relative = template.relative_to(project)
         note = (f"Generated from {relative.as_posix()} by `python -m pipeline.bundle.compose`: edit the "
                 "template (or bundles/common/hdkd_common.json) and run that again, not this file.")
-        config = _inline(json.loads(template.read_text(encoding="utf-8")), project, sources)
+        config = compose_template(json.loads(template.read_text(encoding="utf-8")), project, sources)
         text = json.dumps({GENERATED_KEY: note, **config}, indent=4, ensure_ascii=False) + "\n"
         rendered[config_path(relative)] = text
     return rendered

@@ -112,9 +112,11 @@ def write_predictions(
     write_csv(output / "predictions.csv", ["input", "item", "slice_index", "predicted", *columns],
               ([record["input"], record["item"], record["slice"], names[int(prob.argmax())],
                 *np.round(prob, 6)] for record, prob in zip(records, probs, strict=True)))
+    rows_of: dict[str, list[int]] = {}  # each input's slice rows, inputs in order of first appearance
+    for row, record in enumerate(records):
+        rows_of.setdefault(record["input"], []).append(row)
     inputs = []
-    for name in dict.fromkeys(record["input"] for record in records):
-        rows = [i for i, record in enumerate(records) if record["input"] == name]
+    for name, rows in rows_of.items():
         mean = probs[rows].mean(axis=0)
         first = records[rows[0]]
         inputs.append(
